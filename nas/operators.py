@@ -1,0 +1,111 @@
+"""Adapter operators: the branch ΔW·x that a candidate module gets, and the wrapper that adds it.
+
+An operator is an ``nn.Module`` mapping the module input x to ΔW·x. :class:`AdaptedLinear` wraps a
+frozen linear module from outside (the model's code is never edited) and computes
+
+    h = W₀x + γ · ΔW·x,
+
+where γ is the module's relaxed DAM entry during search, a constant during retraining, or 1.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from nas.registry import Registry
+
+
+def linear_shape(module: nn.Module) -> tuple[int, int]:
+    """(in_features, out_features) of an ``nn.Linear`` or a GPT-2 ``Conv1D`` (weight stored (in, out))."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    if isinstance(module, Conv1D):
+        return module.weight.shape[0], module.weight.shape[1]
+    raise TypeError(f"cannot adapt {type(module).__name__}: only nn.Linear and Conv1D modules are supported")
+
+
+class Operator(Protocol):
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+    def reset_parameters(self) -> None: ...
+    def scale_output_(self, factor: float) -> None: ...
+
+
+OPERATORS: Registry[type[nn.Module]] = Registry("adapter operator")
+
+
+@OPERATORS.register("lora")
+class LoRABranch(nn.Module):
+    """ΔW·x = (α/r) · B A dropout(x), with A ∈ ℝ^{r×in} Kaiming-uniform(√5) and B ∈ ℝ^{out×r} zero."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, alpha: float, dropout: float) -> None:
+        super().__init__()
+        self.rank = rank
+        self.scaling = alpha / rank
+        self.lora_A = nn.Parameter(torch.empty(rank, in_features))
+        self.lora_B = nn.Parameter(torch.empty(out_features, rank))
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B)
+
+    @torch.no_grad()
+    def scale_output_(self, factor: float) -> None:
+        """Multiply ΔW by ``factor`` (folds a fixed gate into B)."""
+        self.lora_B.mul_(factor)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.dropout(x) @ self.lora_A.T) @ self.lora_B.T * self.scaling
+
+
+def build_operator(name: str, in_features: int, out_features: int, rank: int, alpha: float,
+                   dropout: float) -> nn.Module:
+    return OPERATORS.get(name)(in_features, out_features, rank=rank, alpha=alpha, dropout=dropout)
+
+
+class AdaptedLinear(nn.Module):
+    """h = W₀x + γ·branch(x); ``base_layer`` stays frozen, ``gate`` (γ) is set from outside or is 1."""
+
+    def __init__(self, base_layer: nn.Module, branch: nn.Module) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.branch = branch
+        self.gate: torch.Tensor | None = None
+        for parameter in self.base_layer.parameters():
+            parameter.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        delta = self.branch(x)
+        if self.gate is not None:
+            delta = delta * self.gate
+        return self.base_layer(x) + delta
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    """Put ``new`` where ``model.get_submodule(name)`` was; returns the old module."""
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    old = getattr(parent, attr)
+    setattr(parent, attr, new)
+    return old
+
+
+def inject_adapters(model: nn.Module, names: list[str], operator: str, rank: int, alpha: float,
+                    dropout: float) -> dict[str, AdaptedLinear]:
+    """Wrap each named linear module of ``model`` with an :class:`AdaptedLinear`; returns them by name."""
+    adapted: dict[str, AdaptedLinear] = {}
+    for name in names:
+        base = model.get_submodule(name)
+        in_features, out_features = linear_shape(base)
+        branch = build_operator(operator, in_features, out_features, rank, alpha, dropout)
+        branch.to(device=base.weight.device, dtype=base.weight.dtype)
+        wrapper = AdaptedLinear(base, branch)
+        replace_module(model, name, wrapper)
+        adapted[name] = wrapper
+    return adapted

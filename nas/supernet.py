@@ -1,0 +1,82 @@
+"""The DiffoRA supernet: every candidate module gets a LoRA branch scaled by its relaxed DAM entry.
+
+For candidate (l, j):  h = W₀x + γ_{l,j} · ΔW_{l,j} x,  γ = relaxation(Γ),  Γ ∈ ℝ^{layers × types (× k)}.
+Base weights are frozen; the LoRA branches and the task head are the weights w; Γ is the architecture.
+Exposes the one-shot NAS protocol: :meth:`arch_parameters`, :meth:`export_probs`, :meth:`export`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import nn
+
+from nas.operators import AdaptedLinear, inject_adapters
+from nas.relaxation import Relaxation
+from search_spaces.space import SearchSpace
+
+
+class SuperNet(nn.Module):
+    """Wraps ``model`` in place; ``forward(**batch)`` sets each branch's γ, then runs the model."""
+
+    def __init__(self, model: nn.Module, space: SearchSpace, relaxation: Relaxation, head_names: list[str],
+                 operator: str = "lora", rank: int = 8, alpha: float = 16.0, dropout: float = 0.0,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        self.model = model
+        self.space = space
+        self.relaxation = relaxation
+        self.adapters = inject_adapters(model, list(space.names), operator, rank, alpha, dropout)
+        self._coordinates = [space.coordinate(name) for name in space.names]
+        rows, cols = len(space.layers), len(space.module_types)
+        self.dam_logits = nn.Parameter(relaxation.init_logits(rows, cols, generator=generator))
+        self.head_names = list(head_names)
+        for name in self.head_names:
+            model.get_parameter(name).requires_grad_(True)
+
+    # --- parameter groups -------------------------------------------------------------------------
+    def arch_parameters(self) -> list[nn.Parameter]:
+        """The architecture variables α (the DAM logits Γ)."""
+        return [self.dam_logits]
+
+    def named_weight_parameters(self) -> dict[str, nn.Parameter]:
+        """The inner variables w: every LoRA branch parameter plus the task head, by full name."""
+        named = dict(self.named_parameters())
+        weights = {n: p for n, p in named.items() if p.requires_grad and p is not self.dam_logits}
+        return weights
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        return list(self.named_weight_parameters().values())
+
+    def adapter_parameters(self) -> list[nn.Parameter]:
+        return [p for adapter in self.adapters.values() for p in adapter.branch.parameters()]
+
+    # --- relaxed architecture ---------------------------------------------------------------------
+    def relaxed_matrix(self) -> torch.Tensor:
+        """γ = relaxation(Γ), shape (layers, types); cells without a candidate are ignored downstream."""
+        return self.relaxation.weights(self.dam_logits, training=self.training)
+
+    def export_probs(self) -> dict[str, float]:
+        """Relaxed weight γ of each candidate, by module name (evaluation mode: no sampling)."""
+        with torch.no_grad():
+            matrix = self.relaxation.weights(self.dam_logits, training=False)
+        return {name: float(matrix[r, c]) for name, (r, c) in zip(self.space.names, self._coordinates, strict=True)}
+
+    def export(self, discretize: Callable[[Mapping[str, float]], list[str]]) -> list[str]:
+        """Discrete architecture: the candidate names that ``discretize`` keeps from :meth:`export_probs`."""
+        return discretize(self.export_probs())
+
+    def forward(self, **batch: torch.Tensor):
+        matrix = self.relaxed_matrix()
+        for adapter, (row, col) in zip(self.adapters.values(), self._coordinates, strict=True):
+            adapter.gate = matrix[row, col]
+        return self.model(**batch)
+
+    def detach_gates(self) -> None:
+        """Drop the γ tensors held by the branches (they reference the last forward's graph)."""
+        adapter: AdaptedLinear
+        for adapter in self.adapters.values():
+            adapter.gate = None
