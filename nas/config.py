@@ -30,7 +30,7 @@ class ModelConfig:
 
 @dataclass
 class TaskConfig:
-    name: str = "mrpc"
+    name: str = "sst2"
     data_dir: str | None = "${paths.glue_dir}"  # null: read nyu-mll/glue from the hub
     max_length: int = 128
     max_train_samples: int | None = None
@@ -72,7 +72,7 @@ class BilevelConfig:
     """Alternating DARTS-style search: an α-step on the α-split, then a w-step on the w-split."""
 
     hypergradient: str = "first_order"
-    steps: int = 100
+    steps: int = 150
     batch_size: int = 32
     w_fraction: float = 0.5  # share of the train set that forms the w-split; the rest is the α-split
     warmup_steps: int = 0  # w-steps before α-steps start
@@ -183,3 +183,21 @@ def validate_run_config(cfg: Any) -> None:
         _check(value >= 0, f"{key}={value} must be >= 0")
     _check(0.0 <= cfg.space.dropout < 1.0, f"space.dropout={cfg.space.dropout} must be in [0, 1)")
     _check(cfg.method == "diffora", f"method={cfg.method} is unknown; this version runs method=diffora")
+    validate_inputs(cfg)
+
+
+def validate_inputs(cfg: Any) -> None:
+    """The task exists, its data folder is there (unless read from the hub), the model path resolves."""
+    from nas.backbone import resolve_model_path
+    from objectives import get_task
+
+    try:
+        task = get_task(cfg.task.name)
+    except ValueError as error:
+        raise ConfigError(f"task.name: {error}") from error
+    if cfg.task.data_dir is not None:
+        folder = Path(cfg.task.data_dir).expanduser() / task.folder
+        _check(folder.is_dir(),
+               f"GLUE data folder {folder} is missing; set DIFFORA_GLUE_DIR (or paths.glue_dir) to the folder "
+               f"that holds CoLA/, SST-2/, MRPC/, ..., or task.data_dir=null to read nyu-mll/glue from the hub")
+    resolve_model_path(cfg.model.name_or_path)

@@ -19,6 +19,7 @@ import torch
 from datasets import Dataset
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
 
 from nas.backbone import Backbone, load_backbone
 from nas.bilevel import BilevelSearch
@@ -56,18 +57,19 @@ class TaskData:
     dev: Dataset
 
 
-def prepare_data(cfg: DictConfig, backbone: Backbone) -> TaskData:
-    """Read, tokenize (cached) and optionally subsample the task's train and dev sets."""
-    task = get_task(cfg.task.name)
+def prepare_data(task: GlueTask, data_dir: str | None, tokenizer: PreTrainedTokenizerBase, max_length: int,
+                 cache_dir: str | None = None, seed: int = 0, max_train: int | None = None,
+                 max_eval: int | None = None) -> TaskData:
+    """Read, tokenize (cached) and optionally subsample (stratified, seeded) the task's train and dev sets."""
     try:
-        raw = load_glue(task, cfg.task.data_dir)
+        raw = load_glue(task, data_dir)
     except (ValueError, FileNotFoundError) as error:
         raise ConfigError(str(error)) from error
-    tokenized = tokenize_glue(raw, task, backbone.tokenizer, cfg.task.max_length, cfg.paths.cache_dir)
+    tokenized = tokenize_glue(raw, task, tokenizer, max_length, cache_dir)
     stratify = not task.is_regression
     train, dev = tokenized["train"], tokenized["validation"]
-    train = train.select(subsample_indices(train["labels"], cfg.task.max_train_samples, cfg.seed, stratify))
-    dev = dev.select(subsample_indices(dev["labels"], cfg.task.max_eval_samples, cfg.seed, stratify))
+    train = train.select(subsample_indices(train["labels"], max_train, seed, stratify))
+    dev = dev.select(subsample_indices(dev["labels"], max_eval, seed, stratify))
     return TaskData(task, train, dev)
 
 
@@ -152,8 +154,12 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, logger: Logger) -> dict[str, An
     seed_everything(cfg.seed)
     task = get_task(cfg.task.name)
     backbone = load_backbone(cfg.model.name_or_path, task.num_labels, cfg.model.head_modules)
-    data = prepare_data(cfg, backbone)
-    space = build_search_space(backbone.model, cfg.space.preset, cfg.space.module_types, cfg.space.layers)
+    data = prepare_data(task, cfg.task.data_dir, backbone.tokenizer, cfg.task.max_length, cfg.paths.cache_dir,
+                        cfg.seed, cfg.task.max_train_samples, cfg.task.max_eval_samples)
+    try:
+        space = build_search_space(backbone.model, cfg.space.preset, cfg.space.module_types, cfg.space.layers)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"space: {error}") from error
 
     outcome = search(cfg, backbone, space, data, logger)
     discretize = build_discretizer(cfg.discretizer)

@@ -1,0 +1,53 @@
+"""Shared fixtures: offline switches, tiny random-init models built from configs, a composed run config."""
+
+from __future__ import annotations
+
+import os
+
+for _key, _value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                     "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}.items():
+    os.environ.setdefault(_key, _value)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+from transformers import BertConfig, BertForSequenceClassification  # noqa: E402
+
+from nas.config import PROJECT_ROOT, register_configs  # noqa: E402
+
+CONF_DIR = PROJECT_ROOT / "conf"
+TINY_BERT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                 vocab_size=128, max_position_embeddings=64, hidden_dropout_prob=0.0,
+                 attention_probs_dropout_prob=0.0)
+
+
+def tiny_bert(num_labels: int = 2, seed: int = 0) -> BertForSequenceClassification:
+    torch.manual_seed(seed)
+    return BertForSequenceClassification(BertConfig(num_labels=num_labels, **TINY_BERT)).eval()
+
+
+def tiny_batch(batch_size: int = 4, length: int = 7, seed: int = 0, num_labels: int = 2) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        "input_ids": torch.randint(1, TINY_BERT["vocab_size"], (batch_size, length), generator=generator),
+        "attention_mask": torch.ones(batch_size, length, dtype=torch.long),
+        "labels": torch.randint(0, num_labels, (batch_size,), generator=generator),
+    }
+
+
+def compose_run(overrides: list[str] | None = None) -> DictConfig:
+    """The run config exactly as experiments/run.py composes it."""
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="run", overrides=overrides or [], return_hydra_config=False)
+
+
+@pytest.fixture
+def bert() -> BertForSequenceClassification:
+    return tiny_bert()
+
+
+@pytest.fixture
+def batch() -> dict[str, torch.Tensor]:
+    return tiny_batch()

