@@ -16,27 +16,21 @@ from omegaconf import DictConfig, OmegaConf
 
 from nas.config import register_configs, validate_run_config
 from nas.errors import ConfigError
-from nas.logger import build_logger
+from nas.logger import build_logger, run_group
 from nas.pipeline import run_pipeline
 
 register_configs()
 
 
-def wandb_group(cfg: DictConfig) -> str | None:
-    """The configured group, else one group per multirun (its sweep folder's name)."""
-    if cfg.logger.group:
-        return cfg.logger.group
-    hydra_cfg = HydraConfig.get()
-    return Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode == RunMode.MULTIRUN else None
-
-
 @hydra.main(version_base="1.3", config_path="../conf", config_name="run")
 def main(cfg: DictConfig) -> float:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
         validate_run_config(cfg)
+        group = run_group(cfg.logger.group, hydra_cfg.mode == RunMode.MULTIRUN, hydra_cfg.sweep.dir)
         logger = build_logger(cfg.logger.name, run_dir=run_dir, project=cfg.logger.project,
-                              mode=cfg.logger.mode, group=wandb_group(cfg), tags=cfg.logger.tags,
+                              mode=cfg.logger.mode, group=group, tags=cfg.logger.tags,
                               name=f"{cfg.method}-{cfg.task.name}-s{cfg.seed}",
                               config=OmegaConf.to_container(cfg, resolve=True))
     except ConfigError as error:

@@ -58,5 +58,12 @@ class WandbLogger:
         self._run.finish()
 
 
+def run_group(configured: str | None, multirun: bool, sweep_dir: str) -> str | None:
+    """The configured group, else one group per multirun (its sweep folder's name), else none."""
+    if configured:
+        return configured
+    return Path(sweep_dir).name if multirun else None
+
+
 def build_logger(kind: str, **kwargs: Any) -> Logger:
     return LOGGERS.get(kind)(**kwargs)

@@ -15,18 +15,9 @@ from typing import Protocol
 
 import torch
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
 from nas.registry import Registry
-
-
-def linear_shape(module: nn.Module) -> tuple[int, int]:
-    """(in_features, out_features) of an ``nn.Linear`` or a GPT-2 ``Conv1D`` (weight stored (in, out))."""
-    if isinstance(module, nn.Linear):
-        return module.in_features, module.out_features
-    if isinstance(module, Conv1D):
-        return module.weight.shape[0], module.weight.shape[1]
-    raise TypeError(f"cannot adapt {type(module).__name__}: only nn.Linear and Conv1D modules are supported")
+from search_spaces.space import linear_features
 
 
 class Operator(Protocol):
@@ -102,7 +93,7 @@ def inject_adapters(model: nn.Module, names: list[str], operator: str, rank: int
     adapted: dict[str, AdaptedLinear] = {}
     for name in names:
         base = model.get_submodule(name)
-        in_features, out_features = linear_shape(base)
+        in_features, out_features = linear_features(base)
         branch = build_operator(operator, in_features, out_features, rank, alpha, dropout)
         branch.to(device=base.weight.device, dtype=base.weight.dtype)
         wrapper = AdaptedLinear(base, branch)

@@ -104,8 +104,10 @@ class SearchSpace:
         }
 
 
-def _features(module: torch.nn.Module) -> tuple[int, int]:
-    """(in_features, out_features) of a Linear or Conv1D."""
+def linear_features(module: torch.nn.Module) -> tuple[int, int]:
+    """(in_features, out_features) of a Linear or a GPT-2 Conv1D (whose weight is stored (in, out))."""
+    if not isinstance(module, LINEAR_TYPES):
+        raise TypeError(f"{type(module).__name__} is not a linear module; only nn.Linear and Conv1D are supported")
     if isinstance(module, Conv1D):
         n_in, n_out = module.weight.shape
         return int(n_in), int(n_out)
@@ -227,7 +229,7 @@ def build_search_space(
             )
         cells[(layer, t)] = name
 
-    candidates = tuple(Candidate(name, layer, t, *_features(module)) for name, layer, t, module in matched)
+    candidates = tuple(Candidate(name, layer, t, *linear_features(module)) for name, layer, t, module in matched)
     return SearchSpace(
         candidates=candidates,
         layers=tuple(sorted({c.layer for c in candidates})),

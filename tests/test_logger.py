@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nas.logger import LOGGERS, NullLogger, WandbLogger, build_logger
+from nas.logger import LOGGERS, NullLogger, WandbLogger, build_logger, run_group
 
 
 def test_registry_has_both() -> None:
@@ -25,3 +25,10 @@ def test_wandb_logger_cycle(tmp_path) -> None:
 def test_unknown_logger() -> None:
     with pytest.raises(ValueError, match="unknown logger 'tensorboard'; choose one of: none, wandb"):
         build_logger("tensorboard")
+
+
+def test_one_group_per_multirun() -> None:
+    sweep = "logs/multiruns/2026-11-24_10-00-00"
+    assert run_group(None, True, sweep) == "2026-11-24_10-00-00"
+    assert run_group(None, False, sweep) is None
+    assert run_group("ablation", True, sweep) == "ablation"
