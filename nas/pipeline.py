@@ -27,9 +27,9 @@ from nas.discretizer import DiscretizeInput, build_discretizer
 from nas.errors import ConfigError
 from nas.hypergradient import HYPERGRADIENTS, BilevelProblem
 from nas.logger import Logger
-from nas.operators import inject_adapters
 from nas.plots import dam_matrix, plot_dam
 from nas.relaxation import build_relaxation
+from nas.retrain import adapt_selected
 from nas.supernet import SuperNet
 from nas.training import count_parameters, evaluate, finetune, forever, loss_for, make_loader, to_device
 from objectives import GlueTask, get_task, load_glue, majority_baseline, tokenize_glue
@@ -126,25 +126,13 @@ def search(cfg: DictConfig, backbone: Backbone, space: SearchSpace, data: TaskDa
 
 def build_retrain_model(cfg: DictConfig, selected: list[str], task: GlueTask,
                         outcome: SearchOutcome) -> Backbone:
-    """A fresh backbone with LoRA on the selected modules only; warm-started from the supernet if shared."""
+    """A freshly loaded backbone with LoRA on the selected modules (warm-started when retrain.init=shared)."""
     backbone = load_backbone(cfg.model.name_or_path, task.num_labels, cfg.model.head_modules)
-    model = backbone.model
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
-    adapters = inject_adapters(model, selected, cfg.space.operator, cfg.space.rank, cfg.space.alpha,
-                               cfg.space.dropout)
-    searched = outcome.supernet.model
-    if cfg.retrain.init == "shared":
-        for name, adapter in adapters.items():
-            adapter.branch.load_state_dict(outcome.supernet.adapters[name].branch.state_dict())
-            if cfg.retrain.fold_gate:
-                adapter.branch.scale_output_(outcome.scores[name])
-        with torch.no_grad():
-            for name in backbone.head_names:
-                model.get_parameter(name).copy_(searched.get_parameter(name))
-    for name in backbone.head_names:
-        model.get_parameter(name).requires_grad_(True)
-    model.to(cfg.device)
+    shared = cfg.retrain.init == "shared"
+    adapt_selected(backbone.model, backbone.head_names, selected, cfg.space.operator, cfg.space.rank,
+                   cfg.space.alpha, cfg.space.dropout, supernet=outcome.supernet if shared else None,
+                   gates=outcome.scores if shared and cfg.retrain.fold_gate else None)
+    backbone.model.to(cfg.device)
     return backbone
 
 

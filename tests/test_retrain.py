@@ -1,0 +1,54 @@
+"""Weight sharing: the retrained model starts exactly where the discretized supernet ended."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from conftest import tiny_bert
+
+from nas.relaxation import build_relaxation
+from nas.retrain import adapt_selected
+from nas.supernet import SuperNet
+from search_spaces import build_search_space
+
+HEAD = ["classifier.weight", "classifier.bias"]
+
+
+def trained_looking_supernet() -> SuperNet:
+    model = tiny_bert(seed=0)
+    net = SuperNet(model, build_search_space(model, "bert"), build_relaxation("sigmoid"), HEAD, rank=4, alpha=8.0)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for adapter in net.adapters.values():
+            adapter.branch.lora_B.copy_(torch.randn(adapter.branch.lora_B.shape, generator=generator))
+        net.dam_logits.copy_(torch.randn(net.dam_logits.shape, generator=generator))
+        net.model.classifier.weight.add_(1.0)
+    return net.eval()
+
+
+def test_shared_init_with_folded_gates_reproduces_the_discretized_supernet(batch: dict) -> None:
+    net = trained_looking_supernet()
+    scores = net.export_probs()
+    selected = sorted(scores, key=scores.get)[-6:]
+    model = tiny_bert(seed=0)
+    adapt_selected(model, HEAD, selected, "lora", 4, 8.0, 0.0, supernet=net, gates=scores)
+    with torch.no_grad():  # discretize the supernet: γ = 0 for every module that was not kept
+        for name, (row, col) in zip(net.space.names, map(net.space.coordinate, net.space.names), strict=True):
+            if name not in selected:
+                net.dam_logits[row, col] = -math.inf
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    torch.testing.assert_close(model.eval()(**inputs).logits, net(**inputs).logits)
+
+
+def test_fresh_init_keeps_only_the_structure(batch: dict) -> None:
+    net = trained_looking_supernet()
+    selected = list(net.space.names[:3])
+    model = tiny_bert(seed=0)
+    adapters = adapt_selected(model, HEAD, selected, "lora", 4, 8.0, 0.0)
+    assert list(adapters) == selected
+    assert all(torch.count_nonzero(a.branch.lora_B) == 0 for a in adapters.values())
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {f"{n}.branch.lora_{m}" for n in selected for m in "AB"} | set(HEAD)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    torch.testing.assert_close(model.eval()(**inputs).logits, tiny_bert(seed=0)(**inputs).logits)
