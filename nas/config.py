@@ -105,6 +105,7 @@ class RetrainConfig:
     grad_clip: float = 1.0
     eval_batch_size: int = 128
     log_every: int = 10
+    export_adapter: bool = True  # save the retrained LoRA in PEFT's format under <run dir>/adapter (lora only)
 
 
 @dataclass

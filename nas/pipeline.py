@@ -25,6 +25,7 @@ from nas.backbone import Backbone, load_backbone
 from nas.bilevel import BilevelSearch
 from nas.discretizer import DiscretizeInput, build_discretizer
 from nas.errors import ConfigError
+from nas.export import export_peft_adapter
 from nas.hypergradient import HYPERGRADIENTS, BilevelProblem
 from nas.logger import Logger
 from nas.plots import dam_matrix, plot_dam
@@ -193,6 +194,10 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, logger: Logger) -> dict[str, An
         "search_wall_s": outcome.wall_s, "retrain_wall_s": retrain_wall,
         "eval_wall_s": time.perf_counter() - eval_start, "total_wall_s": time.perf_counter() - total_start,
     }
+    if cfg.retrain.export_adapter and cfg.space.operator == "lora":
+        base = load_backbone(cfg.model.name_or_path, task.num_labels, cfg.model.head_modules).model
+        export_peft_adapter(retrained.model, base, selected, retrained.head_names, cfg.space.rank,
+                            cfg.space.alpha, cfg.space.dropout, run_dir / "adapter")
     logger.summary({f"dev/{k}": v for k, v in metrics.items()} | {"trainable_params": result["trainable_params"]})
     write_json(run_dir / "metrics.json", result)
     return result

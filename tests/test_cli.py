@@ -33,6 +33,8 @@ def check_finished_run(run_dir: Path, task: str, seed: int) -> None:
     assert metrics["adapter_params"] == sum(8 * (i + o) for i, o in selection_shapes(selection["selected"]))
     assert metrics["search_wall_s"] > 0 and metrics["retrain_wall_s"] > 0
     assert (run_dir / "dam.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    adapter_config = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
+    assert sorted(adapter_config["target_modules"]) == sorted(selection["selected"])
 
 
 def selection_shapes(names: list[str]) -> list[tuple[int, int]]:
