@@ -179,8 +179,8 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, logger: Logger) -> dict[str, An
     eval_start = time.perf_counter()
     dev_loader = make_loader(data.dev, backbone.tokenizer, cfg.retrain.eval_batch_size, False, cfg.seed)
     metrics = evaluate(retrained.model, dev_loader, task, cfg.device)
-    adapter_params = sum(p.numel() for n, p in retrained.model.named_parameters()
-                         if p.requires_grad and n not in set(retrained.head_names))
+    head = set(retrained.head_names)
+    adapter_params = sum(p.numel() for n, p in retrained.model.named_parameters() if p.requires_grad and n not in head)
     result = {
         "task": task.name, "method": cfg.method, "seed": cfg.seed, "metrics": metrics,
         "main_metric": task.main_metric, "score": metrics[task.main_metric],

@@ -44,9 +44,7 @@ class SuperNet(nn.Module):
 
     def named_weight_parameters(self) -> dict[str, nn.Parameter]:
         """The inner variables w: every LoRA branch parameter plus the task head, by full name."""
-        named = dict(self.named_parameters())
-        weights = {n: p for n, p in named.items() if p.requires_grad and p is not self.dam_logits}
-        return weights
+        return {n: p for n, p in self.named_parameters() if p.requires_grad and p is not self.dam_logits}
 
     def weight_parameters(self) -> list[nn.Parameter]:
         return list(self.named_weight_parameters().values())
