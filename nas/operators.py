@@ -26,6 +26,7 @@ class Operator(Protocol):
     def scale_output_(self, factor: float) -> None: ...
 
 
+# Every entry is an nn.Module class following the Operator protocol, built as cls(in, out, rank=, alpha=, dropout=).
 OPERATORS: Registry[type[nn.Module]] = Registry("adapter operator")
 
 

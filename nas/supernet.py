@@ -46,9 +46,6 @@ class SuperNet(nn.Module):
         """The inner variables w: every LoRA branch parameter plus the task head, by full name."""
         return {n: p for n, p in self.named_parameters() if p.requires_grad and p is not self.dam_logits}
 
-    def weight_parameters(self) -> list[nn.Parameter]:
-        return list(self.named_weight_parameters().values())
-
     def adapter_parameters(self) -> list[nn.Parameter]:
         return [p for adapter in self.adapters.values() for p in adapter.branch.parameters()]
 
