@@ -33,9 +33,9 @@ def measure(mode: str, task_name: str, steps: int, batch_size: int, max_length: 
 
     from nas.backbone import load_backbone
     from nas.bilevel import BilevelSearch
+    from nas.data import prepare_data
     from nas.hypergradient import BilevelProblem, first_order
     from nas.operators import inject_adapters
-    from nas.pipeline import prepare_data
     from nas.relaxation import build_relaxation
     from nas.supernet import SuperNet
     from nas.training import loss_for, make_loader, to_device

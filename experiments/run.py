@@ -6,10 +6,12 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 import hydra
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -28,13 +30,20 @@ def main(cfg: DictConfig) -> float:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
         validate_run_config(cfg)
+        if cfg.skip_finished and (run_dir / "metrics.json").exists():
+            result = json.loads((run_dir / "metrics.json").read_text())
+            print(f"{result['task']} {result['method']} seed {result['seed']}: finished earlier in {run_dir}, skipped")
+            return float(result["score"])
         group = run_group(cfg.logger.group, hydra_cfg.mode == RunMode.MULTIRUN, hydra_cfg.sweep.dir)
         logger = build_logger(cfg.logger.name, run_dir=run_dir, project=cfg.logger.project,
                               mode=cfg.logger.mode, group=group, tags=cfg.logger.tags,
-                              name=f"{cfg.method}-{cfg.task.name}-s{cfg.seed}",
+                              name=f"{cfg.method.name}-{cfg.task.name}-s{cfg.seed}",
                               config=OmegaConf.to_container(cfg, resolve=True))
     except ConfigError as error:
         sys.exit(f"diffora: error: {error}")
+    (run_dir / "FAILED").unlink(missing_ok=True)  # a rerun of a failed job starts clean
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
     try:
         result = run_pipeline(cfg, run_dir, logger)
     except Exception as error:

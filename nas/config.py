@@ -44,7 +44,8 @@ class SpaceConfig:
     preset: str = "auto"
     module_types: list[str] | None = None
     layers: list[int] | None = None
-    operator: str = "lora"
+    operator: str = "lora"  # the branch of DiffoRA's supernet and of random selection: lora | prolora | sora
+    operator_args: dict[str, Any] = field(default_factory=dict)  # the operator's own options, e.g. sharing_in
     rank: int = 8
     alpha: float = 16.0
     dropout: float = 0.05
@@ -87,8 +88,86 @@ class BilevelConfig:
 
 @dataclass
 class DiscretizerConfig:
+    """Relaxed DAM → kept modules; ρ is the kept fraction (or, for param_budget, the budget's fraction)."""
+
     name: str = "global_topk"
     rho: float = 0.5
+
+
+@dataclass
+class PerLayerDiscretizerConfig(DiscretizerConfig):
+    name: str = "per_layer_topk"
+    k: int | None = None  # exact modules per layer; null: ⌈ρ·n_l⌉
+
+
+@dataclass
+class ThresholdDiscretizerConfig(DiscretizerConfig):
+    name: str = "threshold"
+    threshold: float = 0.5
+    min_keep: int = 1
+
+
+@dataclass
+class ParamBudgetDiscretizerConfig(DiscretizerConfig):
+    name: str = "param_budget"
+    target_params: int | None = None  # null: budget.target_params, else ρ·(LoRA at space.rank on all candidates)
+
+
+@dataclass
+class MethodConfig:
+    """Which method trains; all share data, loop, evaluation and outputs. conf/method/<name>.yaml."""
+
+    name: str = "diffora"
+    lr: float | None = None  # null: retrain.lr
+    weight_decay: float | None = None  # null: retrain.weight_decay
+
+
+@dataclass
+class LoRAMethodConfig(MethodConfig):
+    name: str = "lora"
+    rank: int | None = None  # null: solved from the budget when budgets are matched, else space.rank
+
+
+@dataclass
+class PRoLoRAMethodConfig(LoRAMethodConfig):
+    name: str = "prolora"
+    sharing_in: int = 2  # m: copies of the A chunk along the input width
+    sharing_out: int = 2  # n: copies of the B chunk along the output width
+    unshared_rank: int = 1  # u
+    rotate: bool = True
+    rectified_init: bool = True
+
+
+@dataclass
+class AdaLoRAMethodConfig(MethodConfig):
+    name: str = "adalora"
+    target_r: int | None = None  # null: solved from the budget when budgets are matched, else space.rank
+    init_r: int | None = None  # null: ⌈1.5·target_r⌉ (the paper's b(0) = 1.5·b(T))
+    tinit: int | None = None  # steps before pruning starts; null: 15% of the steps
+    tfinal: int | None = None  # final steps at the target budget; null: 35% of the steps
+    deltaT: int = 1  # noqa: N815 (peft's name) — steps between two budget allocations
+    beta1: float = 0.85
+    beta2: float = 0.85
+    orth_reg_weight: float = 0.1
+
+
+@dataclass
+class SoRAMethodConfig(MethodConfig):
+    name: str = "sora"
+    rank: int | None = None  # r_max; null: solved from the budget when budgets are matched, else space.rank
+    sparse_lambda: float = 10.0  # λ₁ of λ₁·Σ‖g‖₁/Σr in the loss
+    xi: float = 3e-4  # ξ of the proximal step g ← sign(g)·max(|g| − ξ, 0)
+    xi_times_lr: bool = False  # threshold ξ·lr_t instead of ξ
+    gate_lr: float | None = None  # null: the method's learning rate
+
+
+@dataclass
+class BudgetConfig:
+    """Matched budgets: each baseline's size knob is solved so its adapter parameters meet one target."""
+
+    match: bool = False
+    target_params: int | None = None  # adapter parameters (head excluded); null with match: ρ·(LoRA r on all)
+    match_steps: bool = True  # methods without a search train bilevel.steps + retrain.steps steps
 
 
 @dataclass
@@ -127,8 +206,11 @@ class PathsConfig:
 @dataclass
 class RunConfig:
     seed: int = 0
-    method: str = "diffora"
     device: str = "cpu"
+    threads: int | None = None  # torch CPU threads; null: torch's default (set 1 when a launcher runs jobs in parallel)
+    skip_finished: bool = False  # a run folder that already holds metrics.json is not run again (resumable sweeps)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     space: SpaceConfig = field(default_factory=SpaceConfig)
@@ -144,7 +226,20 @@ def register_configs() -> None:
     """Register the schema and the ``diffora_root`` resolver (idempotent)."""
     if not OmegaConf.has_resolver("diffora_root"):
         OmegaConf.register_new_resolver("diffora_root", lambda: str(PROJECT_ROOT))
-    ConfigStore.instance().store(name="run_schema", node=RunConfig)
+    store = ConfigStore.instance()
+    store.store(name="run_schema", node=RunConfig)
+    for group, name, node in (
+        ("method", "diffora_schema", MethodConfig), ("method", "lora_schema", LoRAMethodConfig),
+        ("method", "random_schema", MethodConfig), ("method", "prolora_schema", PRoLoRAMethodConfig),
+        ("method", "adalora_schema", AdaLoRAMethodConfig), ("method", "sora_schema", SoRAMethodConfig),
+        ("method", "full_ft_schema", MethodConfig),
+        ("discretizer", "global_topk_schema", DiscretizerConfig),
+        ("discretizer", "per_layer_topk_schema", PerLayerDiscretizerConfig),
+        ("discretizer", "threshold_schema", ThresholdDiscretizerConfig),
+        ("discretizer", "param_budget_schema", ParamBudgetDiscretizerConfig),
+        ("discretizer", "perturbation_schema", DiscretizerConfig),
+    ):
+        store.store(group=group, name=name, node=node)
 
 
 def _check(condition: bool, message: str) -> None:
@@ -157,6 +252,7 @@ def validate_run_config(cfg: Any) -> None:
     from nas.discretizer import DISCRETIZERS
     from nas.hypergradient import HYPERGRADIENTS
     from nas.logger import LOGGERS
+    from nas.methods import METHODS
     from nas.operators import OPERATORS
     from nas.relaxation import RELAXATIONS
 
@@ -183,7 +279,11 @@ def validate_run_config(cfg: Any) -> None:
         value = OmegaConf.select(cfg, key)
         _check(value >= 0, f"{key}={value} must be >= 0")
     _check(0.0 <= cfg.space.dropout < 1.0, f"space.dropout={cfg.space.dropout} must be in [0, 1)")
-    _check(cfg.method == "diffora", f"method={cfg.method} is unknown; this version runs method=diffora")
+    _check(cfg.method.name in METHODS,
+           f"method={cfg.method.name} is unknown; choose one of: {', '.join(METHODS.names())}")
+    for key in ("method.lr", "method.weight_decay", "budget.target_params"):
+        value = OmegaConf.select(cfg, key)
+        _check(value is None or value >= 0, f"{key}={value} must be >= 0 (or null for the default)")
     validate_inputs(cfg)
 
 

@@ -10,12 +10,15 @@ where γ is the module's relaxed DAM entry during search, a constant during retr
 
 from __future__ import annotations
 
+import inspect
 import math
-from typing import Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
+from nas.errors import ConfigError
 from nas.registry import Registry
 from search_spaces.space import linear_features
 
@@ -26,7 +29,8 @@ class Operator(Protocol):
     def scale_output_(self, factor: float) -> None: ...
 
 
-# Every entry is an nn.Module class following the Operator protocol, built as cls(in, out, rank=, alpha=, dropout=).
+# Every entry is an nn.Module class following the Operator protocol, built as
+# cls(in, out, rank=, alpha=, dropout=, **operator_args); operator_args are the operator's own options.
 OPERATORS: Registry[type[nn.Module]] = Registry("adapter operator")
 
 
@@ -57,8 +61,17 @@ class LoRABranch(nn.Module):
 
 
 def build_operator(name: str, in_features: int, out_features: int, rank: int, alpha: float,
-                   dropout: float) -> nn.Module:
-    return OPERATORS.get(name)(in_features, out_features, rank=rank, alpha=alpha, dropout=dropout)
+                   dropout: float, operator_args: Mapping[str, Any] | None = None) -> nn.Module:
+    """``OPERATORS[name](in, out, rank=, alpha=, dropout=, **operator_args)``; unknown options are a ConfigError."""
+    cls = OPERATORS.get(name)
+    extra = dict(operator_args or {})
+    accepted = [p for p in inspect.signature(cls.__init__).parameters
+                if p not in ("self", "in_features", "out_features", "rank", "alpha", "dropout")]
+    unknown = sorted(set(extra) - set(accepted))
+    if unknown:
+        raise ConfigError(f"space.operator_args has {', '.join(unknown)}, which operator '{name}' does not take; "
+                          f"it accepts: {', '.join(accepted) or 'no options'}")
+    return cls(in_features, out_features, rank=rank, alpha=alpha, dropout=dropout, **extra)
 
 
 class AdaptedLinear(nn.Module):
@@ -89,15 +102,20 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
 
 
 def inject_adapters(model: nn.Module, names: list[str], operator: str, rank: int, alpha: float,
-                    dropout: float) -> dict[str, AdaptedLinear]:
+                    dropout: float, operator_args: Mapping[str, Any] | None = None) -> dict[str, AdaptedLinear]:
     """Wrap each named linear module of ``model`` with an :class:`AdaptedLinear`; returns them by name."""
     adapted: dict[str, AdaptedLinear] = {}
     for name in names:
         base = model.get_submodule(name)
         in_features, out_features = linear_features(base)
-        branch = build_operator(operator, in_features, out_features, rank, alpha, dropout)
+        branch = build_operator(operator, in_features, out_features, rank, alpha, dropout, operator_args)
         branch.to(device=base.weight.device, dtype=base.weight.dtype)
         wrapper = AdaptedLinear(base, branch)
         replace_module(model, name, wrapper)
         adapted[name] = wrapper
     return adapted
+
+
+# Operators defined in their own files register themselves on import (they import OPERATORS from here).
+from nas import prolora as _prolora  # noqa: E402, F401
+from nas import sora as _sora  # noqa: E402, F401

@@ -9,6 +9,7 @@ the LoRA branches (A Kaiming, B = 0) and keeps the model's own head.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,14 +20,15 @@ from nas.supernet import SuperNet
 
 def adapt_selected(model: nn.Module, head_names: list[str], selected: list[str], operator: str, rank: int,
                    alpha: float, dropout: float, supernet: SuperNet | None = None,
-                   gates: Mapping[str, float] | None = None) -> dict[str, AdaptedLinear]:
+                   gates: Mapping[str, float] | None = None,
+                   operator_args: Mapping[str, Any] | None = None) -> dict[str, AdaptedLinear]:
     """Freeze ``model``, wrap ``selected``, make the head trainable; warm-start from ``supernet`` if given.
 
     ``gates`` (module → γ) are folded into B of the warm-started branches: B ← γ·B.
     """
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    adapters = inject_adapters(model, selected, operator, rank, alpha, dropout)
+    adapters = inject_adapters(model, selected, operator, rank, alpha, dropout, operator_args)
     if supernet is not None:
         for name, adapter in adapters.items():
             adapter.branch.load_state_dict(supernet.adapters[name].branch.state_dict())

@@ -8,6 +8,7 @@ Exposes the one-shot NAS protocol: :meth:`arch_parameters`, :meth:`export_probs`
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,14 +23,15 @@ class SuperNet(nn.Module):
 
     def __init__(self, model: nn.Module, space: SearchSpace, relaxation: Relaxation, head_names: list[str],
                  operator: str = "lora", rank: int = 8, alpha: float = 16.0, dropout: float = 0.0,
-                 generator: torch.Generator | None = None) -> None:
+                 operator_args: Mapping[str, Any] | None = None, generator: torch.Generator | None = None) -> None:
         super().__init__()
         for parameter in model.parameters():
             parameter.requires_grad_(False)
         self.model = model
         self.space = space
         self.relaxation = relaxation
-        self.adapters = inject_adapters(model, list(space.names), operator, rank, alpha, dropout)
+        self.adapters = inject_adapters(model, list(space.names), operator, rank, alpha, dropout,
+                                        operator_args)
         self._coordinates = [space.coordinate(name) for name in space.names]
         rows, cols = len(space.layers), len(space.module_types)
         self.dam_logits = nn.Parameter(relaxation.init_logits(rows, cols, generator=generator))

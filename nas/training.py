@@ -57,8 +57,13 @@ def linear_warmup_schedule(optimizer: torch.optim.Optimizer, steps: int, warmup_
 
 def finetune(model: nn.Module, params: list[nn.Parameter], loader: DataLoader, task: GlueTask, steps: int,
              lr: float, weight_decay: float, warmup_ratio: float, grad_clip: float | None, device: str,
-             logger: Logger, step_offset: int = 0, log_every: int = 10, desc: str = "retrain") -> float:
-    """AdamW with linear warm-up and decay for ``steps`` steps on ``params``; returns the last loss."""
+             logger: Logger, step_offset: int = 0, log_every: int = 10, desc: str = "retrain",
+             hooks: TrainingHooks | None = None) -> float:
+    """AdamW with linear warm-up and decay for ``steps`` steps on ``params``; returns the last loss.
+
+    Per step: L = task loss + hooks.extra_loss; backward; clip ``params``; step; hooks.after_optimizer_step.
+    """
+    hooks = hooks or TrainingHooks()
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     scheduler = linear_warmup_schedule(optimizer, steps, warmup_ratio)
     compute_loss = loss_for(task)
@@ -69,18 +74,39 @@ def finetune(model: nn.Module, params: list[nn.Parameter], loader: DataLoader, t
     for step in progress:
         batch = to_device(next(batches), device)
         inputs = {k: v for k, v in batch.items() if k != "labels"}
-        loss = compute_loss(model(**inputs), batch)
+        task_loss_value = compute_loss(model(**inputs), batch)
+        extra = hooks.extra_loss(model)
+        loss = task_loss_value if extra is None else task_loss_value + extra
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip:
             torch.nn.utils.clip_grad_norm_(params, grad_clip)
         optimizer.step()
         scheduler.step()
-        last = float(loss.detach())
+        values = hooks.after_optimizer_step(step)
+        last = float(task_loss_value.detach())
         progress.set_postfix(loss=f"{last:.4f}")
         if step % log_every == 0 or step == steps - 1:
-            logger.log({f"{desc}/loss": last, f"{desc}/lr": scheduler.get_last_lr()[0]}, step=step_offset + step)
+            logged = {f"{desc}/loss": last, f"{desc}/lr": scheduler.get_last_lr()[0], **values}
+            if extra is not None:
+                logged[f"{desc}/extra_loss"] = float(extra.detach())
+            logger.log(logged, step=step_offset + step)
     return last
+
+
+class TrainingHooks:
+    """Per-step work a method adds to :func:`finetune`; the defaults do nothing.
+
+    Order inside one step: loss = task loss + :meth:`extra_loss`; backward; clip; main optimizer step;
+    :meth:`after_optimizer_step` (this step's gradients are still there); the next step zeroes them.
+    """
+
+    def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
+        return None
+
+    def after_optimizer_step(self, step: int) -> dict[str, float]:
+        """Called once per step with the 0-based step; returns values to log."""
+        return {}
 
 
 @torch.no_grad()

@@ -31,7 +31,7 @@ def check_finished_run(run_dir: Path, task: str, seed: int) -> None:
     assert set(metrics["metrics"]) == {"mrpc": {"accuracy", "f1"}, "rte": {"accuracy"}}[task]
     assert metrics["trainable_params"] == metrics["adapter_params"] + 2 * 384 + 2
     assert metrics["adapter_params"] == sum(8 * (i + o) for i, o in selection_shapes(selection["selected"]))
-    assert metrics["search_wall_s"] > 0 and metrics["retrain_wall_s"] > 0
+    assert metrics["search_wall_s"] > 0 and metrics["train_wall_s"] > 0
     assert (run_dir / "dam.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     adapter_config = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
     assert sorted(adapter_config["target_modules"]) == sorted(selection["selected"])
@@ -57,9 +57,9 @@ def test_multirun_gives_one_folder_per_job(tmp_path: Path) -> None:
                   "retrain.steps=3", f"hydra.sweep.dir={tmp_path}"], timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir() and (p / "metrics.json").exists())
-    assert [p.name for p in jobs] == ["0_rte_s0", "1_rte_s1", "2_mrpc_s0", "3_mrpc_s1"]
+    assert [p.name for p in jobs] == ["0_diffora_rte_s0", "1_diffora_rte_s1", "2_diffora_mrpc_s0", "3_diffora_mrpc_s1"]
     for job in jobs:
-        task, seed = job.name.split("_")[1], int(job.name.split("_s")[1])
+        task, seed = job.name.split("_")[2], int(job.name.split("_s")[1])
         check_finished_run(job, task, seed)
 
 
@@ -90,3 +90,38 @@ def test_bad_input_fails_with_one_clear_line(tmp_path: Path, overrides: list[str
     assert last_line.startswith("diffora: error:") and message in last_line, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert not (run_dir / "metrics.json").exists() and not (run_dir / "selection.json").exists()
+
+
+BASELINES = ["random", "lora", "prolora", "adalora", "sora", "full_ft"]
+
+
+def test_every_baseline_runs_on_real_glue_at_a_matched_budget(tmp_path: Path) -> None:
+    """One multirun over every baseline (the diffora smoke run is above), aggregated into one table."""
+    result = run(["-m", f"method={','.join(BASELINES)}", "task=mrpc", "debug=smoke", "logger=none",
+                  "budget=matched", "discretizer=param_budget", "retrain.export_adapter=false",
+                  f"hydra.sweep.dir={tmp_path}"], timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    target = round(0.5 * 8 * 6 * (4 * 768 + 2 * 1920))  # ρ · LoRA r=8 on MiniLM's 36 candidates
+    metrics = {m["method"]: m for m in (json.loads(p.read_text()) for p in tmp_path.glob("*/metrics.json"))}
+    assert sorted(metrics) == sorted(BASELINES)
+    for name, m in metrics.items():
+        assert m["task"] == "mrpc" and m["train_steps"] == 12  # bilevel.steps + retrain.steps of debug=smoke
+        assert set(m["metrics"]) == {"accuracy", "f1"} and 0.0 <= m["score"] <= 1.0
+        assert m["trainable_params"] == m["adapter_params"] + m["head_params"]
+        if name == "full_ft":
+            assert m["budget_target"] is None and m["trainable_params"] > 22_000_000
+        else:
+            assert m["budget_target"] == target
+            assert m["effective_params"] <= target * 1.02, name
+    assert metrics["lora"]["variant"]["rank"] == 4 and metrics["lora"]["effective_params"] == target
+    assert metrics["random"]["effective_params"] <= target
+    assert metrics["adalora"]["mean_final_rank"] == 4.0  # the budget allocation ran: init_r 6 → target_r 4
+    assert metrics["adalora"]["adapter_params"] > metrics["adalora"]["effective_params"]
+    assert metrics["sora"]["effective_params"] <= metrics["sora"]["adapter_params"]
+
+    aggregated = subprocess.run([sys.executable, str(PROJECT_ROOT / "experiments" / "aggregate.py"), str(tmp_path)],
+                                capture_output=True, text=True, timeout=120, cwd=PROJECT_ROOT)
+    assert aggregated.returncode == 0, aggregated.stderr[-3000:]
+    table = (tmp_path / "aggregate" / "summary.md").read_text()
+    assert all(f"| {name} " in table for name in BASELINES), table
+    assert (tmp_path / "aggregate" / "summary.png").stat().st_size > 0

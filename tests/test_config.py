@@ -14,7 +14,8 @@ import nas
 from nas.config import PROJECT_ROOT, validate_run_config
 from nas.errors import ConfigError
 
-GROUPS = ["model", "task", "space", "relaxation", "bilevel", "discretizer", "logger", "debug", "experiment"]
+GROUPS = ["method", "budget", "model", "task", "space", "relaxation", "bilevel", "discretizer", "logger", "debug",
+          "experiment"]
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF_DIR / group).glob("*.yaml"))]
 
 
@@ -32,7 +33,7 @@ def test_every_option_composes_and_validates(group: str, option: str) -> None:
     cfg = compose_run([f"{group}={option}"])
     OmegaConf.resolve(cfg)
     validate_run_config(cfg)
-    assert cfg.method == "diffora"
+    assert cfg.method.name == (option if group == "method" else "diffora")
 
 
 def test_defaults_are_the_documented_ones() -> None:
@@ -73,12 +74,13 @@ def test_unknown_group_option_lists_the_available_ones() -> None:
     [
         ("discretizer.rho=0", "outside \\(0, 1\\]"),
         ("discretizer.rho=1.5", "outside \\(0, 1\\]"),
-        ("relaxation.name=gumbel_typo", "relaxation=gumbel_typo is unknown; choose one of: sigmoid, softmax"),
+        ("relaxation.name=gumbel_typo",
+         "relaxation=gumbel_typo is unknown; choose one of: gumbel, hard_concrete, sigmoid, softmax"),
         ("bilevel.hypergradient=third_order", "bilevel.hypergradient=third_order is unknown"),
         ("retrain.init=warm", "retrain.init=shared or retrain.init=fresh"),
         ("bilevel.w_fraction=1.0", "w_fraction"),
         ("space.rank=0", "space.rank=0 must be a positive integer"),
-        ("method=adalora", "method=adalora is unknown"),
+        ("method.name=adaloraa", "method=adaloraa is unknown; choose one of: adalora, diffora"),
     ],
 )
 def test_bad_values_name_the_problem_and_the_fix(override: str, message: str) -> None:

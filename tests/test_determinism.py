@@ -12,9 +12,11 @@ from datasets import Dataset
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
 from nas.backbone import Backbone
+from nas.data import TaskData
 from nas.discretizer import DiscretizeInput, build_discretizer
 from nas.logger import NullLogger
-from nas.pipeline import TaskData, search, seed_everything
+from nas.outputs import seed_everything
+from nas.search import search
 from objectives import get_task
 from search_spaces import build_search_space
 

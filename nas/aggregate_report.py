@@ -1,0 +1,197 @@
+"""Outputs of nas.aggregate: summary.md (one table per task), runs.csv, summary.csv and summary.png."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+if TYPE_CHECKING:
+    from nas.aggregate import GroupSummary, RunRecord
+
+
+def format_pm(mean: float | None, std: float | None) -> str:
+    """``0.821 ± 0.012``; ``0.821 ± —`` for a single seed; ``—`` without any."""
+    if mean is None:
+        return "—"
+    return f"{mean:.3f} ± {'—' if std is None else f'{std:.3f}'}"
+
+
+def format_params(value: float | None) -> str:
+    return "—" if value is None else f"{round(value):,}"
+
+
+def format_time(seconds: float | None) -> str:
+    """``45 s`` under a minute, ``12.3 min`` under two hours, else ``2.5 h``."""
+    if seconds is None:
+        return "—"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def _by_task(summaries: Sequence[GroupSummary]) -> list[tuple[str, list[GroupSummary]]]:
+    tasks: dict[str, list[GroupSummary]] = defaultdict(list)
+    for summary in summaries:
+        tasks[summary.task].append(summary)
+    return [(task, sorted(groups, key=lambda g: (g.method, g.label))) for task, groups in sorted(tasks.items())]
+
+
+def _task_main(groups: Sequence[GroupSummary]) -> tuple[str, float | None]:
+    main = next((g.main_metric for g in groups if g.main_metric), "score")
+    return main, next((g.baseline for g in groups if g.baseline is not None and g.main_metric == main), None)
+
+
+def to_markdown(summaries: Sequence[GroupSummary]) -> str:
+    """One table per task, rows by method then label, with the majority-class baseline above it."""
+    lines: list[str] = []
+    for task, groups in _by_task(summaries):
+        main, baseline = _task_main(groups)
+        others: list[str] = []
+        for g in groups:
+            others.extend(k for k in g.metrics if k != main and k not in others)
+        base = "not recorded" if baseline is None else f"{baseline:.3f}"
+        header = ["method", "variant", "n", f"{main} (mean ± std)", *others, "trainable params",
+                  "effective params", "wall time", "selection stability", "failed", "unfinished"]
+        lines += [f"## {task}", "", f"Majority-class baseline ({main}): {base}", "",
+                  "| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
+        for g in groups:
+            cells = [g.method, g.label.replace("|", "\\|") or "—", str(g.n), format_pm(g.score_mean, g.score_std),
+                     *(format_pm(*g.metrics.get(k, (None, None))) for k in others),
+                     format_params(g.trainable_params), format_params(g.effective_params), format_time(g.wall_s),
+                     "—" if g.stability is None else f"{g.stability:.3f}", str(g.failed), str(g.unfinished)]
+            lines.append("| " + " | ".join(cells) + " |")
+        problems = [p for g in groups for p in g.not_finished]
+        if problems:
+            lines += ["", "Not finished:", *(f"- `{p}`" for p in problems)]
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple):
+        return " ".join(str(v) for v in value)
+    return value
+
+
+def _round(value: float | None) -> int | None:
+    return None if value is None else round(value)
+
+
+def _write_csv(path: Path, header: list[str], rows: list[dict[str, Any]]) -> Path:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=header)
+        writer.writeheader()
+        writer.writerows({k: _cell(row.get(k)) for k in header} for row in rows)
+    return path
+
+
+def _union(dicts: Iterable[dict[str, Any]]) -> list[str]:
+    keys: list[str] = []
+    for d in dicts:
+        keys.extend(k for k in d if k not in keys)
+    return keys
+
+
+def write_tables(summaries: Sequence[GroupSummary], runs: Sequence[RunRecord], out_dir: str | Path) -> dict[str, Path]:
+    """runs.csv (finished runs), summary.csv and summary.md into ``out_dir``; returns their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    done = [r for r in runs if r.status == "finished"]
+    names, keys = _union(r.metrics for r in done), _union(r.variant for r in done)
+    run_rows = [{"task": r.task, "method": r.method, "label": r.label, "seed": r.seed, "score": r.score,
+                 "main_metric": r.main_metric, **{f"metric/{k}": v for k, v in r.metrics.items()},
+                 "trainable_params": r.trainable_params, "effective_params": r.effective_params,
+                 "total_wall_s": r.total_wall_s, "search_wall_s": r.search_wall_s, "train_wall_s": r.train_wall_s,
+                 "num_selected": r.num_selected, **{f"variant/{k}": v for k, v in r.variant.items()},
+                 "run_dir": r.rel_dir} for r in done]
+    run_header = ["task", "method", "label", "seed", "score", "main_metric", *(f"metric/{k}" for k in names),
+                  "trainable_params", "effective_params", "total_wall_s", "search_wall_s", "train_wall_s",
+                  "num_selected", *(f"variant/{k}" for k in keys), "run_dir"]
+    names, keys = _union(g.metrics for g in summaries), _union(g.variant for g in summaries)
+    summary_rows = []
+    for g in summaries:
+        row = {"task": g.task, "method": g.method, "label": g.label, "n": g.n, "seeds": g.seeds,
+               "main_metric": g.main_metric, "score_mean": g.score_mean, "score_std": g.score_std,
+               "majority_baseline": g.baseline, "trainable_params": _round(g.trainable_params),
+               "effective_params": _round(g.effective_params), "wall_s_mean": g.wall_s,
+               "selection_stability": g.stability,
+               "failed": g.failed, "unfinished": g.unfinished, **{f"variant/{k}": v for k, v in g.variant.items()}}
+        for name, (mean, std) in g.metrics.items():
+            row |= {f"metric/{name}/mean": mean, f"metric/{name}/std": std}
+        summary_rows.append(row)
+    summary_header = ["task", "method", "label", "n", "seeds", "main_metric", "score_mean", "score_std",
+                      *(f"metric/{k}/{stat}" for k in names for stat in ("mean", "std")), "majority_baseline",
+                      "trainable_params", "effective_params", "wall_s_mean", "selection_stability", "failed",
+                      "unfinished", *(f"variant/{k}" for k in keys)]
+    (out / "summary.md").write_text(to_markdown(summaries))
+    return {"runs_csv": _write_csv(out / "runs.csv", run_header, run_rows),
+            "summary_csv": _write_csv(out / "summary.csv", summary_header, summary_rows),
+            "summary_md": out / "summary.md"}
+
+
+def plot_summary(summaries: Sequence[GroupSummary], path: str | Path) -> Path:
+    """One subplot per task: a bar (± std) per group with n ≥ 1, the majority baseline dashed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    panels = [(task, [g for g in groups if g.score_mean is not None]) for task, groups in _by_task(summaries)]
+    panels = [(task, groups) for task, groups in panels if groups]
+    if not panels:
+        fig, ax = plt.subplots(figsize=(5, 3))
+        ax.text(0.5, 0.5, "no finished runs", ha="center", va="center")
+        ax.axis("off")
+    else:
+        ncols = min(3, len(panels))
+        nrows = math.ceil(len(panels) / ncols)
+        width = max(4.0, 1.4 * max(len(groups) for _, groups in panels) + 1.5)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, 4.5 * nrows), squeeze=False)
+        methods = sorted({g.method for _, groups in panels for g in groups})
+        colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+        for ax, (task, groups) in zip(axes.flat, panels, strict=False):
+            _draw_task(ax, task, groups, colors)
+        for ax in list(axes.flat)[len(panels):]:
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _draw_task(ax: Any, task: str, groups: list[GroupSummary], colors: dict[str, Any]) -> None:
+    main, baseline = _task_main(groups)
+    x = np.arange(len(groups))
+    means = np.array([g.score_mean for g in groups], dtype=float)
+    errors = np.array([g.score_std or 0.0 for g in groups])
+    center, half = (len(groups) - 1) / 2, max(len(groups), 3) / 2
+    ax.set_xlim(center - half, center + half)
+    ax.bar(x, means, width=0.6, yerr=errors, capsize=4, color=[colors[g.method] for g in groups], edgecolor="black",
+           linewidth=0.6)
+    for xi, mean, error, g in zip(x, means, errors, groups, strict=True):
+        ax.text(xi, mean + error, f"n={g.n}", ha="center", va="bottom", fontsize=7)
+    values = [*(means - errors), *(means + errors)] + ([] if baseline is None else [baseline])
+    low, high = min(values), max(values)
+    pad = 0.15 * (high - low) or 0.05
+    ax.set_ylim(max(0.0, low - pad) if low >= 0 else low - pad, high + pad)
+    if baseline is not None:
+        ax.axhline(baseline, linestyle="--", color="gray", label=f"majority baseline ({baseline:.3f})")
+        ax.legend(fontsize=7, loc="best")
+    rotate = len(groups) > 4
+    labels = [g.method + (f"\n{g.label}" if g.label else "") for g in groups]
+    if not rotate:
+        labels = [label.replace(", ", "\n") for label in labels]
+    ax.set_xticks(x, labels, rotation=30 if rotate else 0, ha="right" if rotate else "center", fontsize=7)
+    ax.set_ylabel(main)
+    ax.set_title(task)
+
+

@@ -1,0 +1,37 @@
+"""Shared steps of the selection methods (DiffoRA, random, LoRA, PRoLoRA): wrap the chosen modules, export."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from nas.backbone import Backbone, load_backbone
+from nas.export import export_peft_adapter
+from nas.methods.base import MethodContext, Prepared, head_parameters, train_steps
+from nas.retrain import adapt_selected
+from nas.supernet import SuperNet
+
+
+def adapted_model(ctx: MethodContext, backbone: Backbone, selected: list[str], operator: str, rank: int,
+                  operator_args: Mapping[str, Any] | None, has_search: bool, supernet: SuperNet | None = None,
+                  gates: Mapping[str, float] | None = None) -> Prepared:
+    """Freeze ``backbone``, put ``operator`` branches on ``selected`` (warm-started from ``supernet`` if given)."""
+    space = ctx.cfg.space
+    adapt_selected(backbone.model, backbone.head_names, selected, operator, rank, space.alpha, space.dropout,
+                   supernet=supernet, gates=gates, operator_args=operator_args)
+    backbone.model.to(ctx.cfg.device)
+    params = [p for p in backbone.model.parameters() if p.requires_grad]
+    return Prepared(model=backbone.model, params=params, head_params=head_parameters(backbone),
+                    head_names=list(backbone.head_names), selected=selected,
+                    steps=train_steps(ctx, has_search), lr=ctx.method_lr(), weight_decay=ctx.method_weight_decay(),
+                    variant={"operator": operator, "rank": rank, **dict(operator_args or {})})
+
+
+def export_lora_adapter(ctx: MethodContext, prepared: Prepared, operator: str, rank: int) -> None:
+    """Save the branches in PEFT's adapter format under ``<run dir>/adapter`` when ``retrain.export_adapter`` is
+    set and the operator is ``lora`` (the only one with a PEFT equivalent)."""
+    if not ctx.cfg.retrain.export_adapter or operator != "lora":
+        return
+    base = load_backbone(ctx.cfg.model.name_or_path, ctx.task.num_labels, ctx.cfg.model.head_modules).model
+    export_peft_adapter(prepared.model, base, prepared.selected, prepared.head_names, rank, ctx.cfg.space.alpha,
+                        ctx.cfg.space.dropout, ctx.run_dir / "adapter")

@@ -1,0 +1,59 @@
+"""DiffoRA: search the DAM (bilevel), discretize it, retrain the kept LoRAs (warm-started or fresh)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from nas.backbone import Backbone, load_backbone
+from nas.discretizer import DiscretizeInput, build_discretizer
+from nas.methods.adapters import adapted_model, export_lora_adapter
+from nas.methods.base import METHODS, Method, MethodContext, Prepared
+from nas.outputs import write_json, write_selection
+from nas.plots import plot_dam
+from nas.search import search
+
+
+def discretizer_options(ctx: MethodContext) -> dict[str, Any]:
+    """The discretizer's config plus what budget-aware discretizers need (rank, the budget target)."""
+    options = {key: value for key, value in ctx.cfg.discretizer.items() if value is not None}
+    options.setdefault("rank", int(ctx.cfg.space.rank))
+    if options.get("target_params") is None and ctx.budget_target is not None:
+        options["target_params"] = ctx.budget_target
+    return options
+
+
+@METHODS.register("diffora")
+class DiffoRA(Method):
+    name = "diffora"
+    has_search = True
+
+    def prepare(self, ctx: MethodContext, backbone: Backbone) -> Prepared:
+        cfg = ctx.cfg
+        outcome = search(cfg, backbone, ctx.space, ctx.data, ctx.logger)
+        discretize = build_discretizer(discretizer_options(ctx))
+        selected = outcome.supernet.export(lambda scores: discretize(DiscretizeInput(scores, ctx.space)))
+        write_selection(ctx.run_dir, ctx.space, selected, outcome.scores, rho=cfg.discretizer.rho,
+                        discretizer=cfg.discretizer.name, relaxation=cfg.relaxation.name,
+                        hypergradient=cfg.bilevel.hypergradient, seed=cfg.seed, task=ctx.task.name)
+        write_json(ctx.run_dir / "dam_trajectory.json", outcome.trajectory)
+        plot_dam(ctx.space, outcome.scores, selected, ctx.run_dir / "dam.png",
+                 title=f"DAM · {ctx.task.name} · ρ={cfg.discretizer.rho} · seed {cfg.seed}")
+        tqdm.write(f"selected {len(selected)}/{len(ctx.space)} modules:\n  " + "\n  ".join(selected))
+
+        fresh = load_backbone(cfg.model.name_or_path, ctx.task.num_labels, cfg.model.head_modules)
+        shared = cfg.retrain.init == "shared"
+        prepared = adapted_model(ctx, fresh, selected, cfg.space.operator, int(cfg.space.rank),
+                                 cfg.space.operator_args, has_search=True,
+                                 supernet=outcome.supernet if shared else None,
+                                 gates=outcome.scores if shared and cfg.retrain.fold_gate else None)
+        prepared.stage_metrics = {"search_steps": int(cfg.bilevel.steps), "search_wall_s": outcome.wall_s}
+        prepared.variant.update(relaxation=cfg.relaxation.name, discretizer=cfg.discretizer.name,
+                                rho=cfg.discretizer.rho, hypergradient=cfg.bilevel.hypergradient,
+                                retrain_init=cfg.retrain.init)
+        return prepared
+
+    def finalize(self, ctx: MethodContext, prepared: Prepared) -> dict[str, Any]:
+        export_lora_adapter(ctx, prepared, ctx.cfg.space.operator, int(ctx.cfg.space.rank))
+        return {}

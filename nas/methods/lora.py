@@ -1,0 +1,70 @@
+"""LoRA and PRoLoRA on every candidate module of the search space: the plain baselines.
+
+The rank is ``method.rank`` when set, else solved from the budget target (``budget.match`` or
+``budget.target_params``), else ``space.rank``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nas.backbone import Backbone
+from nas.budget import lora_params, prolora_params, solve_rank
+from nas.methods.adapters import adapted_model, export_lora_adapter
+from nas.methods.base import METHODS, Method, MethodContext, Prepared
+from nas.outputs import write_selection
+
+
+@METHODS.register("lora")
+class LoRA(Method):
+    name = "lora"
+    operator = "lora"
+
+    def operator_args(self, ctx: MethodContext) -> dict[str, Any]:
+        return {}
+
+    def budget_cost(self, ctx: MethodContext, rank: int) -> int:
+        return lora_params(ctx.space, rank)
+
+    def rank(self, ctx: MethodContext) -> int:
+        if ctx.cfg.method.rank is not None:
+            return int(ctx.cfg.method.rank)
+        if ctx.budget_target is not None:
+            return solve_rank(ctx.budget_target, lambda r: self.budget_cost(ctx, r), self.name,
+                              smallest=self.smallest_rank(ctx))
+        return int(ctx.cfg.space.rank)
+
+    def smallest_rank(self, ctx: MethodContext) -> int:
+        return 1
+
+    def prepare(self, ctx: MethodContext, backbone: Backbone) -> Prepared:
+        selected = list(ctx.space.names)
+        write_selection(ctx.run_dir, ctx.space, selected, None, seed=ctx.cfg.seed, task=ctx.task.name)
+        self._rank = self.rank(ctx)
+        return adapted_model(ctx, backbone, selected, self.operator, self._rank, self.operator_args(ctx),
+                             has_search=False)
+
+    def finalize(self, ctx: MethodContext, prepared: Prepared) -> dict[str, Any]:
+        export_lora_adapter(ctx, prepared, self.operator, self._rank)
+        return {}
+
+
+@METHODS.register("prolora")
+class PRoLoRA(LoRA):
+    """PRoLoRA branches (broadcast reduction, rotation, u unshared ranks, rectified init) on every candidate."""
+
+    name = "prolora"
+    operator = "prolora"
+
+    def operator_args(self, ctx: MethodContext) -> dict[str, Any]:
+        m = ctx.cfg.method
+        return {"sharing_in": int(m.sharing_in), "sharing_out": int(m.sharing_out),
+                "unshared_rank": int(m.unshared_rank), "rotate": bool(m.rotate),
+                "rectified_init": bool(m.rectified_init)}
+
+    def budget_cost(self, ctx: MethodContext, rank: int) -> int:
+        m = ctx.cfg.method
+        return prolora_params(ctx.space, rank, int(m.sharing_in), int(m.sharing_out), int(m.unshared_rank))
+
+    def smallest_rank(self, ctx: MethodContext) -> int:
+        return int(ctx.cfg.method.unshared_rank) + 1  # at least one shared rank

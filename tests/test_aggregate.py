@@ -1,0 +1,229 @@
+"""nas.aggregate and experiments/aggregate.py on synthetic sweep folders written here."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nas.aggregate import (
+    AggregateWarning,
+    aggregate,
+    jaccard,
+    load_runs,
+    mean_pairwise_jaccard,
+    plot_summary,
+    summarize,
+    to_markdown,
+    write_tables,
+)
+from nas.config import PROJECT_ROOT
+from nas.errors import ConfigError
+
+ABLATION = {"sigmoid": "global_topk", "gumbel": "threshold"}
+
+
+def write_run(run_dir: Path, task: str = "mrpc", method: str = "diffora", seed: int = 0, score: float = 0.8,
+              variant: dict[str, Any] | None = None, selected: list[str] | None = None, **extra: Any) -> Path:
+    """A finished run folder as the pipeline writes it (metrics.json, optional selection.json, .hydra/)."""
+    run_dir.mkdir(parents=True)
+    (run_dir / ".hydra").mkdir()
+    metrics: dict[str, Any] = {
+        "task": task, "method": method, "seed": seed, "metrics": {"accuracy": score, "f1": score + 0.05},
+        "main_metric": "accuracy", "score": score, "majority_baseline": {"accuracy": 0.684, "f1": 0.812},
+        "trainable_params": 166658, "adapter_params": 165888, "effective_params": 165888, "total_params": 22880000,
+        "num_selected": 18, "num_candidates": 36, "search_wall_s": 400.0, "train_wall_s": 300.0,
+        "eval_wall_s": 5.0, "total_wall_s": 720.0, "variant": variant or {}, **extra}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    if selected is not None:
+        (run_dir / "selection.json").write_text(json.dumps({"selected": selected, "dam": {}}))
+    return run_dir
+
+
+def write_config(run_dir: Path, task: str, method: str, seed: int, relaxation: str, discretizer: str) -> Path:
+    """Only .hydra/config.yaml: the run started and never wrote metrics.json."""
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text(
+        f"seed: {seed}\nmethod: {method}\ntask:\n  name: {task}\nrelaxation:\n  name: {relaxation}\n"
+        f"discretizer:\n  name: {discretizer}\n  rho: 0.5\nspace:\n  rank: 8\n  operator: lora\n")
+    return run_dir
+
+
+def ablation_sweep(root: Path) -> Path:
+    """mrpc: diffora × {sigmoid/global_topk, gumbel/threshold} × 2 seeds (rank constant) and lora × 1 seed."""
+    job = 0
+    for relaxation, discretizer in ABLATION.items():
+        for seed, score in enumerate((0.5, 0.7) if relaxation == "sigmoid" else (0.8, 0.8)):
+            variant = {"relaxation": relaxation, "discretizer": discretizer, "rank": 8}
+            write_run(root / f"{job}_mrpc_s{seed}", seed=seed, score=score, variant=variant,
+                      selected=["q0", "k0", "v0"] if seed == 0 else ["q0", "k0", "v1"])
+            job += 1
+    write_run(root / f"{job}_mrpc_s0", method="lora", score=0.75, variant={"rank": 8}, trainable_params=300000,
+              effective_params=None, total_wall_s=45.0)
+    return root
+
+
+def group(summaries: list, method: str, label: str = ""):
+    return next(s for s in summaries if s.method == method and s.label == label)
+
+
+def test_labels_name_only_the_varying_variant_keys(tmp_path: Path) -> None:
+    runs = load_runs(ablation_sweep(tmp_path))
+    assert len(runs) == 5 and all(r.status == "finished" for r in runs)
+    labels = {(r.method, r.label) for r in runs}
+    assert labels == {("diffora", "relaxation=sigmoid, discretizer=global_topk"),
+                      ("diffora", "relaxation=gumbel, discretizer=threshold"), ("lora", "")}
+    summaries = summarize(runs)
+    assert [(s.method, s.label, s.n) for s in summaries] == [
+        ("diffora", "relaxation=gumbel, discretizer=threshold", 2),
+        ("diffora", "relaxation=sigmoid, discretizer=global_topk", 2), ("lora", "", 1)]
+    assert summaries[0].variant == {"relaxation": "gumbel", "discretizer": "threshold"}
+
+
+def test_mean_std_and_single_seed(tmp_path: Path) -> None:
+    summaries = summarize(load_runs(ablation_sweep(tmp_path)))
+    sigmoid = group(summaries, "diffora", "relaxation=sigmoid, discretizer=global_topk")
+    assert sigmoid.score_mean == pytest.approx(0.6) and sigmoid.score_std == pytest.approx(0.1414214, abs=1e-6)
+    assert sigmoid.metrics["f1"] == (pytest.approx(0.65), pytest.approx(0.1414214, abs=1e-6))
+    assert sigmoid.seeds == [0, 1] and sigmoid.baseline == pytest.approx(0.684)
+    lora = group(summaries, "lora")
+    assert lora.n == 1 and lora.score_mean == pytest.approx(0.75) and lora.score_std is None
+    assert lora.effective_params == 300000  # absent effective_params → trainable
+    assert lora.stability is None
+
+
+def test_jaccard_on_hand_made_sets() -> None:
+    assert jaccard({"a", "b"}, {"b", "a"}) == 1.0
+    assert jaccard({"a"}, {"b"}) == 0.0
+    assert jaccard(["a", "b"], ["b", "c"]) == pytest.approx(1 / 3)
+    assert jaccard([], []) == 1.0
+    assert mean_pairwise_jaccard([{"a", "b"}, {"a", "b"}, {"a", "c"}]) == pytest.approx((1 + 1 / 3 + 1 / 3) / 3)
+    assert mean_pairwise_jaccard([{"a"}]) is None and mean_pairwise_jaccard([]) is None
+
+
+def test_selection_stability_of_a_group(tmp_path: Path) -> None:
+    summaries = summarize(load_runs(ablation_sweep(tmp_path)))
+    # seed 0 {q0,k0,v0} vs seed 1 {q0,k0,v1}: 2 shared of 4
+    assert group(summaries, "diffora", "relaxation=gumbel, discretizer=threshold").stability == pytest.approx(0.5)
+
+
+def test_failed_unfinished_and_corrupt_runs_are_counted(tmp_path: Path) -> None:
+    ablation_sweep(tmp_path)
+    write_config(tmp_path / "9_mrpc_s2", "mrpc", "diffora", 2, "gumbel", "threshold")
+    (tmp_path / "9_mrpc_s2" / "FAILED").write_text("RuntimeError: CUDA out of memory\nmore\n")
+    write_config(tmp_path / "10_mrpc_s3", "mrpc", "diffora", 3, "gumbel", "threshold")
+    write_config(tmp_path / "11_mrpc_s2", "mrpc", "diffora", 2, "sigmoid", "global_topk")
+    (tmp_path / "11_mrpc_s2" / "metrics.json").write_text('{"task": "mrpc", "metr')
+    with pytest.warns(AggregateWarning, match="metrics.json"):
+        runs = load_runs(tmp_path)
+    assert sorted(r.status for r in runs).count("failed") == 2
+    assert [r.rel_dir for r in runs if r.status == "unfinished"] == ["10_mrpc_s3"]
+    summaries = summarize(runs)
+    gumbel = group(summaries, "diffora", "relaxation=gumbel, discretizer=threshold")
+    sigmoid = group(summaries, "diffora", "relaxation=sigmoid, discretizer=global_topk")
+    assert (gumbel.n, gumbel.failed, gumbel.unfinished) == (2, 1, 1)
+    assert (sigmoid.n, sigmoid.failed, sigmoid.unfinished) == (2, 1, 0)
+    assert "9_mrpc_s2: failed (RuntimeError: CUDA out of memory)" in gumbel.not_finished
+    markdown = to_markdown(summaries)
+    assert "- `9_mrpc_s2: failed (RuntimeError: CUDA out of memory)`" in markdown
+
+
+def test_markdown_cells(tmp_path: Path) -> None:
+    markdown = to_markdown(summarize(load_runs(ablation_sweep(tmp_path))))
+    assert markdown.startswith("## mrpc\n")
+    assert "Majority-class baseline (accuracy): 0.684" in markdown
+    rows = [line for line in markdown.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| method | variant | n | accuracy (mean ± std) | f1 |")
+    assert rows[1] == ("| diffora | relaxation=gumbel, discretizer=threshold | 2 | 0.800 ± 0.000 | 0.850 ± 0.000 "
+                       "| 166,658 | 165,888 | 12.0 min | 0.500 | 0 | 0 |")
+    assert "| diffora | relaxation=sigmoid, discretizer=global_topk | 2 | 0.600 ± 0.141 |" in rows[2]
+    assert rows[3] == "| lora | — | 1 | 0.750 ± — | 0.800 ± — | 300,000 | 300,000 | 45 s | — | 0 | 0 |"
+
+
+def test_csv_columns_and_png(tmp_path: Path) -> None:
+    runs = load_runs(ablation_sweep(tmp_path / "sweep"))
+    summaries = summarize(runs)
+    paths = write_tables(summaries, runs, tmp_path / "out")
+    with paths["runs_csv"].open() as handle:
+        run_rows = list(csv.DictReader(handle))
+    assert len(run_rows) == 5
+    assert list(run_rows[0])[:8] == ["task", "method", "label", "seed", "score", "main_metric", "metric/accuracy",
+                                     "metric/f1"]
+    assert {"trainable_params", "effective_params", "total_wall_s", "search_wall_s", "train_wall_s",
+            "num_selected", "run_dir"} <= set(run_rows[0])
+    assert run_rows[0]["run_dir"] == "2_mrpc_s0" and run_rows[0]["label"] == "relaxation=gumbel, discretizer=threshold"
+    with paths["summary_csv"].open() as handle:
+        summary_rows = list(csv.DictReader(handle))
+    assert {"task", "method", "label", "n", "main_metric", "score_mean", "score_std", "metric/f1/mean",
+            "metric/f1/std", "trainable_params", "effective_params", "wall_s_mean", "selection_stability",
+            "failed", "unfinished", "majority_baseline"} <= set(summary_rows[0])
+    lora = next(row for row in summary_rows if row["method"] == "lora")
+    assert lora["score_std"] == "" and lora["selection_stability"] == "" and float(lora["score_mean"]) == 0.75
+    sigmoid = next(row for row in summary_rows if row["label"].startswith("relaxation=sigmoid"))
+    assert float(sigmoid["score_std"]) == pytest.approx(0.1414214, abs=1e-6) and sigmoid["n"] == "2"
+    assert paths["summary_md"].read_text() == to_markdown(summaries)
+    png = plot_summary(summaries, tmp_path / "out" / "summary.png")
+    assert png.stat().st_size > 1000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_nested_sweeps_and_old_metrics(tmp_path: Path) -> None:
+    write_run(tmp_path / "sweep_a" / "0_mrpc_s0", score=0.8, variant={"rank": 4})
+    write_run(tmp_path / "sweep_b" / "nested" / "0_rte_s0", task="rte", score=0.6)
+    old = write_run(tmp_path / "sweep_b" / "nested" / "1_rte_s1", task="rte", seed=1, score=0.62)
+    data = json.loads((old / "metrics.json").read_text())
+    for key in ("variant", "effective_params", "train_wall_s", "total_wall_s"):
+        del data[key]
+    (old / "metrics.json").write_text(json.dumps(data | {"retrain_wall_s": 12.0}))
+    (tmp_path / "sweep_b" / "multirun.yaml").write_text("hydra: {}\n")
+    paths = aggregate(tmp_path)
+    runs = load_runs(tmp_path)
+    assert [r.rel_dir for r in runs] == ["sweep_a/0_mrpc_s0", "sweep_b/nested/0_rte_s0", "sweep_b/nested/1_rte_s1"]
+    assert runs[2].effective_params == runs[2].trainable_params == 166658 and runs[2].train_wall_s == 12.0
+    summaries = summarize(runs)
+    assert [(s.task, s.n, s.label) for s in summaries] == [("mrpc", 1, ""), ("rte", 2, "")]
+    assert summaries[1].wall_s == pytest.approx(720.0)
+    assert set(paths) == {"runs_csv", "summary_csv", "summary_md", "summary_png"}
+    assert all(p.parent == tmp_path / "aggregate" and p.stat().st_size > 0 for p in paths.values())
+    assert "## rte" in paths["summary_md"].read_text()
+
+
+def test_missing_or_empty_sweep_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_runs(tmp_path / "nope")
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"no runs found under .*empty.*metrics.json"):
+        load_runs(tmp_path / "empty")
+
+
+def cli(args: list[str]) -> subprocess.CompletedProcess:
+    pythonpath = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return subprocess.run([sys.executable, "experiments/aggregate.py", *args], cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": pythonpath, "MPLBACKEND": "Agg"})
+
+
+def test_cli_writes_tables_and_prints_markdown(tmp_path: Path) -> None:
+    sweep = ablation_sweep(tmp_path / "sweep")
+    (sweep / "7_mrpc_s9").mkdir()
+    (sweep / "7_mrpc_s9" / "metrics.json").write_text("not json")
+    result = cli([str(sweep)])
+    assert result.returncode == 0, result.stderr
+    assert "| lora | — | 1 | 0.750 ± — |" in result.stdout
+    assert "diffora: warning:" in result.stderr and "7_mrpc_s9" in result.stderr
+    for name in ("runs.csv", "summary.csv", "summary.md", "summary.png"):
+        assert (sweep / "aggregate" / name).stat().st_size > 0
+        assert f"wrote {sweep / 'aggregate' / name}" in result.stdout
+    result = cli([str(sweep), "--out", str(tmp_path / "elsewhere")])
+    assert result.returncode == 0 and (tmp_path / "elsewhere" / "summary.png").exists()
+
+
+def test_cli_error_is_one_line(tmp_path: Path) -> None:
+    result = cli([str(tmp_path)])
+    assert result.returncode != 0
+    assert result.stderr.startswith("diffora: error:") and str(tmp_path) in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
