@@ -6,7 +6,8 @@ L_w(w, α) over the inner variables only. The two optimizers share no parameter 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 
@@ -17,6 +18,10 @@ from nas.hypergradient import Batch, BilevelProblem, HypergradientFn
 class StepStats:
     w_loss: float
     alpha_loss: float | None  # None while α-steps wait for the warm-up
+    penalties: dict[str, float] = field(default_factory=dict)  # each DAM regularizer's (unweighted) value
+
+
+ArchPenalty = Callable[[], tuple[torch.Tensor, dict[str, float]]]  # () -> (Σ λ_i R_i(Γ), {name: R_i})
 
 
 def assert_disjoint(first: torch.optim.Optimizer, second: torch.optim.Optimizer) -> None:
@@ -33,7 +38,7 @@ class BilevelSearch:
     def __init__(self, problem: BilevelProblem, hypergradient: HypergradientFn,
                  w_optimizer: torch.optim.Optimizer, alpha_optimizer: torch.optim.Optimizer,
                  w_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-                 grad_clip: float | None = 1.0, warmup_steps: int = 0) -> None:
+                 grad_clip: float | None = 1.0, warmup_steps: int = 0, arch_penalty: ArchPenalty | None = None) -> None:
         assert_disjoint(w_optimizer, alpha_optimizer)
         self.problem = problem
         self.hypergradient = hypergradient
@@ -42,14 +47,23 @@ class BilevelSearch:
         self.w_scheduler = w_scheduler
         self.grad_clip = grad_clip
         self.warmup_steps = warmup_steps
+        self.arch_penalty = arch_penalty
         self.steps_done = 0
+        self.last_penalties: dict[str, float] = {}
 
     def alpha_step(self, w_batch: Batch, alpha_batch: Batch) -> float:
-        """α ← optimizer step along the hypergradient; only α changes."""
+        """α ← optimizer step along the hypergradient plus ∇_α of the DAM penalty (if any); only α changes."""
         result = self.hypergradient(self.problem, w_batch, alpha_batch)
+        grads = [grad.detach() for grad in result.grads]
+        if self.arch_penalty is not None:
+            penalty, self.last_penalties = self.arch_penalty()
+            outer = list(self.problem.outer.values())
+            if penalty.requires_grad:
+                extra = torch.autograd.grad(penalty, outer, allow_unused=True)
+                grads = [g if e is None else g + e.detach() for g, e in zip(grads, extra, strict=True)]
         self.alpha_optimizer.zero_grad(set_to_none=True)
-        for parameter, grad in zip(self.problem.outer.values(), result.grads, strict=True):
-            parameter.grad = grad.detach()
+        for parameter, grad in zip(self.problem.outer.values(), grads, strict=True):
+            parameter.grad = grad
         self.alpha_optimizer.step()
         return result.alpha_loss
 
@@ -74,4 +88,5 @@ class BilevelSearch:
             alpha_loss = self.alpha_step(w_batch, alpha_batch)
         w_loss = self.w_step(w_batch)
         self.steps_done += 1
-        return StepStats(w_loss=w_loss, alpha_loss=alpha_loss)
+        return StepStats(w_loss=w_loss, alpha_loss=alpha_loss,
+                         penalties=dict(self.last_penalties) if alpha_loss is not None else {})

@@ -61,6 +61,26 @@ class RelaxationConfig:
 
 
 @dataclass
+class GumbelRelaxationConfig(RelaxationConfig):
+    """Gumbel-softmax over {LoRA, zero}; τ anneals τ_max·(τ_min/τ_max)^progress over the search."""
+
+    name: str = "gumbel"
+    tau_max: float = 10.0
+    tau_min: float = 0.1
+    hard: bool = False  # straight-through: one-hot forward, soft gradient (GDAS)
+
+
+@dataclass
+class HardConcreteRelaxationConfig(RelaxationConfig):
+    """Hard-concrete (L0) gates: stretched, clamped binary concrete with temperature beta on (gamma, zeta)."""
+
+    name: str = "hard_concrete"
+    beta: float = 2.0 / 3.0
+    gamma: float = -0.1
+    zeta: float = 1.1
+
+
+@dataclass
 class OptimizerConfig:
     lr: float = MISSING
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -78,6 +98,8 @@ class BilevelConfig:
     w_fraction: float = 0.5  # share of the train set that forms the w-split; the rest is the α-split
     warmup_steps: int = 0  # w-steps before α-steps start
     unrolled_lr: float | None = None  # ξ of the unrolled step; null: the w learning rate
+    perturbation_batches: int = 8  # α-split batches that score each removal for discretizer=perturbation
+    regularizers: dict[str, float] = field(default_factory=dict)  # DAM penalties by name → weight, e.g. entropy: 0.1
     grad_clip: float = 1.0
     log_every: int = 10
     alpha_optimizer: OptimizerConfig = field(
@@ -233,6 +255,9 @@ def register_configs() -> None:
         ("method", "random_schema", MethodConfig), ("method", "prolora_schema", PRoLoRAMethodConfig),
         ("method", "adalora_schema", AdaLoRAMethodConfig), ("method", "sora_schema", SoRAMethodConfig),
         ("method", "full_ft_schema", MethodConfig),
+        ("relaxation", "sigmoid_schema", RelaxationConfig), ("relaxation", "softmax_schema", RelaxationConfig),
+        ("relaxation", "gumbel_schema", GumbelRelaxationConfig),
+        ("relaxation", "hard_concrete_schema", HardConcreteRelaxationConfig),
         ("discretizer", "global_topk_schema", DiscretizerConfig),
         ("discretizer", "per_layer_topk_schema", PerLayerDiscretizerConfig),
         ("discretizer", "threshold_schema", ThresholdDiscretizerConfig),
@@ -259,6 +284,12 @@ def validate_run_config(cfg: Any) -> None:
     rho = cfg.discretizer.rho
     _check(0.0 < rho <= 1.0 and math.isfinite(rho),
            f"discretizer.rho={rho} is outside (0, 1]; pass e.g. discretizer.rho=0.5")
+    from nas.regularizers import REGULARIZERS
+
+    for name, weight in cfg.bilevel.regularizers.items():
+        _check(name in REGULARIZERS, f"bilevel.regularizers.{name} is unknown; choose among: "
+                                     f"{', '.join(REGULARIZERS.names())}")
+        _check(weight >= 0 and math.isfinite(weight), f"bilevel.regularizers.{name}={weight} must be >= 0")
     for registry, value, key in (
         (RELAXATIONS, cfg.relaxation.name, "relaxation"),
         (HYPERGRADIENTS, cfg.bilevel.hypergradient, "bilevel.hypergradient"),

@@ -33,7 +33,8 @@ def write_selection(run_dir: Path, space: SearchSpace, selected: list[str], scor
                     **details: Any) -> None:
     """``selection.json``: the kept modules, their scores (the DAM, random draws, …) as a list and as a matrix."""
     data: dict[str, Any] = {"selected": list(selected), "num_candidates": len(space), "num_selected": len(selected),
-                            "layers": list(space.layers), "module_types": list(space.module_types), **details}
+                            "layers": list(space.layers), "module_types": list(space.module_types),
+                            "coordinates": {name: list(space.coordinate(name)) for name in space.names}, **details}
     if scores is not None:
         data["dam"] = dict(scores)
         data["dam_matrix"] = np.nan_to_num(dam_matrix(space, scores), nan=-1.0).tolist()

@@ -46,3 +46,26 @@ def plot_dam(space: SearchSpace, scores: Mapping[str, float], selected: Iterable
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_trajectory(space: SearchSpace, trajectory: list[Mapping], path: Path, title: str = "") -> Path:
+    """γ of every candidate over the search steps, one colour per module type, with the mean binary entropy."""
+    steps = [entry["step"] for entry in trajectory]
+    colors = plt.cm.tab10(np.linspace(0, 1, 10))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, height_ratios=[3, 1])
+    for candidate in space:
+        col = space.module_types.index(candidate.module_type)
+        top.plot(steps, [entry["dam"][candidate.name] for entry in trajectory], color=colors[col % 10],
+                 linewidth=0.9, alpha=0.8)
+    for col, module_type in enumerate(space.module_types):
+        top.plot([], [], color=colors[col % 10], label=module_type)
+    top.set_ylabel("relaxed weight γ")
+    top.legend(fontsize=7, ncol=3, loc="best")
+    top.set_title(title or "DAM trajectory")
+    bottom.plot(steps, [entry.get("entropy", np.nan) for entry in trajectory], color="black")
+    bottom.set_ylabel("entropy (nats)")
+    bottom.set_xlabel("search step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

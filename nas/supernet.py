@@ -36,6 +36,7 @@ class SuperNet(nn.Module):
         rows, cols = len(space.layers), len(space.module_types)
         self.dam_logits = nn.Parameter(relaxation.init_logits(rows, cols, generator=generator))
         self.head_names = list(head_names)
+        self.removed: set[str] = set()  # candidates whose branch is switched off (γ = 0), e.g. for perturbation
         for name in self.head_names:
             model.get_parameter(name).requires_grad_(True)
 
@@ -68,8 +69,8 @@ class SuperNet(nn.Module):
 
     def forward(self, **batch: torch.Tensor):
         matrix = self.relaxed_matrix()
-        for adapter, (row, col) in zip(self.adapters.values(), self._coordinates, strict=True):
-            adapter.gate = matrix[row, col]
+        for (name, adapter), (row, col) in zip(self.adapters.items(), self._coordinates, strict=True):
+            adapter.gate = matrix[row, col] * 0.0 if name in self.removed else matrix[row, col]
         return self.model(**batch)
 
     def detach_gates(self) -> None:

@@ -87,3 +87,16 @@ def test_bad_values_name_the_problem_and_the_fix(override: str, message: str) ->
     cfg = compose_run([override])
     with pytest.raises(ConfigError, match=message):
         validate_run_config(cfg)
+
+
+@pytest.mark.parametrize(("launcher", "target"), [
+    ("local_parallel", "JoblibLauncher"), ("joblib", "JoblibLauncher"), ("slurm", "SlurmLauncher"),
+])
+def test_launchers_compose(launcher: str, target: str) -> None:
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("run", overrides=[f"hydra/launcher={launcher}", "experiment=ablation_order",
+                                        "hydra.sweep.dir=/tmp/sweep"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith(target)
+    assert cfg.hydra.sweeper.params.bilevel == "first_order,second_order"

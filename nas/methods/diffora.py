@@ -7,11 +7,12 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from nas.backbone import Backbone, load_backbone
+from nas.diagnostics import summarize_dam
 from nas.discretizer import DiscretizeInput, build_discretizer
 from nas.methods.adapters import adapted_model, export_lora_adapter
 from nas.methods.base import METHODS, Method, MethodContext, Prepared
 from nas.outputs import write_json, write_selection
-from nas.plots import plot_dam
+from nas.plots import plot_dam, plot_trajectory
 from nas.search import search
 
 
@@ -31,15 +32,20 @@ class DiffoRA(Method):
 
     def prepare(self, ctx: MethodContext, backbone: Backbone) -> Prepared:
         cfg = ctx.cfg
-        outcome = search(cfg, backbone, ctx.space, ctx.data, ctx.logger)
+        outcome = search(cfg, backbone, ctx.space, ctx.data, ctx.logger, ctx.budget_target)
         discretize = build_discretizer(discretizer_options(ctx))
-        selected = outcome.supernet.export(lambda scores: discretize(DiscretizeInput(scores, ctx.space)))
+        removal = outcome.removal_score
+        base = removal(None) if removal is not None else None
+        selected = outcome.supernet.export(lambda scores: discretize(
+            DiscretizeInput(scores, ctx.space, removal_score=removal, base_score=base)))
         write_selection(ctx.run_dir, ctx.space, selected, outcome.scores, rho=cfg.discretizer.rho,
                         discretizer=cfg.discretizer.name, relaxation=cfg.relaxation.name,
                         hypergradient=cfg.bilevel.hypergradient, seed=cfg.seed, task=ctx.task.name)
         write_json(ctx.run_dir / "dam_trajectory.json", outcome.trajectory)
         plot_dam(ctx.space, outcome.scores, selected, ctx.run_dir / "dam.png",
                  title=f"DAM · {ctx.task.name} · ρ={cfg.discretizer.rho} · seed {cfg.seed}")
+        plot_trajectory(ctx.space, outcome.trajectory, ctx.run_dir / "dam_trajectory.png",
+                        title=f"DAM trajectory · {ctx.task.name} · {cfg.relaxation.name} · seed {cfg.seed}")
         tqdm.write(f"selected {len(selected)}/{len(ctx.space)} modules:\n  " + "\n  ".join(selected))
 
         fresh = load_backbone(cfg.model.name_or_path, ctx.task.num_labels, cfg.model.head_modules)
@@ -48,7 +54,8 @@ class DiffoRA(Method):
                                  cfg.space.operator_args, has_search=True,
                                  supernet=outcome.supernet if shared else None,
                                  gates=outcome.scores if shared and cfg.retrain.fold_gate else None)
-        prepared.stage_metrics = {"search_steps": int(cfg.bilevel.steps), "search_wall_s": outcome.wall_s}
+        prepared.stage_metrics = {"search_steps": int(cfg.bilevel.steps), "search_wall_s": outcome.wall_s,
+                                  "diagnostics": summarize_dam(outcome.scores)}
         prepared.variant.update(relaxation=cfg.relaxation.name, discretizer=cfg.discretizer.name,
                                 rho=cfg.discretizer.rho, hypergradient=cfg.bilevel.hypergradient,
                                 retrain_init=cfg.retrain.init)

@@ -1,0 +1,92 @@
+"""Every search option of issue 4 as one config switch, through the real search loop on a tiny BERT:
+relaxations, second-order hypergradient, DAM regularizers, perturbation discretizer, diagnostics."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TINY_BERT, compose_run
+from test_determinism import TOKENIZER, synthetic_data
+from transformers import BertConfig, BertForSequenceClassification
+
+from nas.backbone import Backbone
+from nas.data import TaskData
+from nas.diagnostics import collapse, mean_binary_entropy
+from nas.discretizer import DiscretizeInput, build_discretizer
+from nas.logger import NullLogger
+from nas.outputs import seed_everything
+from nas.search import search
+from objectives import get_task
+from search_spaces import build_search_space
+
+
+def run_search(overrides: list[str], seed: int = 0):
+    cfg = compose_run(["debug=smoke", f"seed={seed}", "bilevel.steps=4", "bilevel.batch_size=8", "logger=none",
+                       "bilevel.alpha_optimizer.lr=0.05", "space.rank=4", *overrides])
+    seed_everything(seed)
+    model = BertForSequenceClassification(BertConfig(num_labels=2, **TINY_BERT))
+    backbone = Backbone(model, TOKENIZER, ["classifier.weight", "classifier.bias"], "tiny")
+    space = build_search_space(model, "bert")
+    data = TaskData(get_task("sst2"), synthetic_data(), synthetic_data(16, seed=1))
+    return cfg, space, search(cfg, backbone, space, data, NullLogger())
+
+
+@pytest.mark.parametrize("overrides", [
+    ["relaxation=sigmoid"], ["relaxation=softmax"], ["relaxation=gumbel"],
+    ["relaxation=gumbel", "relaxation.hard=true"], ["relaxation=hard_concrete"],
+    ["bilevel=second_order"], ["bilevel=second_order", "relaxation=gumbel"],
+    ["+bilevel.regularizers.entropy=0.5", "+bilevel.regularizers.expected_budget=1.0"],
+    ["+bilevel.regularizers.zero_one=1.0", "+bilevel.regularizers.beta_decay=0.1"],
+    ["bilevel.warmup_steps=2"],
+])
+def test_every_search_option_runs_and_moves_the_dam(overrides: list[str]) -> None:
+    _, space, outcome = run_search(overrides)
+    assert set(outcome.scores) == set(space.names)
+    assert all(0.0 <= v <= 1.0 for v in outcome.scores.values())
+    first, last = outcome.trajectory[0], outcome.trajectory[-1]
+    assert last["dam"] != first["dam"] or "warmup" in "".join(overrides)
+    assert {"entropy", "spread", "collapse"} <= set(last)
+
+
+def test_regularizer_values_are_logged_in_the_trajectory() -> None:
+    _, _, outcome = run_search(["+bilevel.regularizers.entropy=0.5"])
+    assert "entropy" in outcome.trajectory[-1]["penalties"]
+
+
+def test_a_strong_budget_penalty_drives_the_expected_keep_toward_the_target() -> None:
+    _, _, free = run_search(["discretizer.rho=0.25"])
+    _, _, pushed = run_search(["discretizer.rho=0.25", "+bilevel.regularizers.expected_budget=50"])
+    assert sum(pushed.scores.values()) < sum(free.scores.values())
+
+
+def test_gumbel_temperature_is_annealed_over_the_search() -> None:
+    _, _, outcome = run_search(["relaxation=gumbel", "relaxation.tau_max=4", "relaxation.tau_min=0.5"])
+    assert outcome.supernet.relaxation.tau == pytest.approx(0.5)
+
+
+def test_perturbation_discretizer_scores_removals_on_the_alpha_split() -> None:
+    cfg, space, outcome = run_search(["discretizer=perturbation", "bilevel.perturbation_batches=2"])
+    assert outcome.removal_score is not None
+    base = outcome.removal_score(None)
+    drops = {name: base - outcome.removal_score(name) for name in space.names}
+    assert len(set(drops.values())) > 1  # removals do change the α-split loss
+    selected = build_discretizer(dict(cfg.discretizer))(
+        DiscretizeInput(outcome.scores, space, removal_score=outcome.removal_score, base_score=base))
+    best = max(space.names, key=lambda n: (drops[n], -space.names.index(n)))
+    assert best in selected and len(selected) == 6
+    assert outcome.supernet.removed == set()
+
+
+def test_diagnostics_detect_collapse_and_entropy() -> None:
+    assert collapse({"a": 0.99, "b": 0.97}) == "all_on" and collapse({"a": 0.01, "b": 0.02}) == "all_off"
+    assert collapse({"a": 0.99, "b": 0.02}) is None
+    assert mean_binary_entropy({"a": 0.5}) == pytest.approx(torch.log(torch.tensor(2.0)).item())
+    assert mean_binary_entropy({"a": 1.0, "b": 0.0}) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_unknown_regularizer_is_a_config_error() -> None:
+    from nas.config import validate_run_config
+    from nas.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="bilevel.regularizers.entropyy is unknown"):
+        validate_run_config(compose_run(["+bilevel.regularizers.entropyy=1.0"]))
