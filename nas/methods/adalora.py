@@ -21,7 +21,16 @@ from torch import nn
 from nas.backbone import Backbone
 from nas.budget import lora_params, solve_rank
 from nas.errors import ConfigError
-from nas.methods.base import METHODS, Method, MethodContext, Prepared, TrainingHooks, freeze, head_parameters
+from nas.methods.base import (
+    METHODS,
+    Method,
+    MethodContext,
+    Prepared,
+    TrainingHooks,
+    freeze,
+    head_parameters,
+    train_steps,
+)
 from nas.outputs import write_selection
 
 ADAPTER = "default"
@@ -93,8 +102,7 @@ class AdaLoRA(Method):
         return init, target
 
     def prepare(self, ctx: MethodContext, backbone: Backbone) -> Prepared:
-        m, steps = ctx.cfg.method, ctx.cfg.retrain.steps + (ctx.cfg.bilevel.steps if ctx.cfg.budget.match_steps
-                                                               else 0)
+        m, steps = ctx.cfg.method, train_steps(ctx, has_search=False)
         init_r, target_r = self.ranks(ctx)
         tinit, tfinal = schedule(steps, m.tinit, m.tfinal)
         selected = list(ctx.space.names)
@@ -109,15 +117,14 @@ class AdaLoRA(Method):
         for parameter in head:
             parameter.requires_grad_(True)
         params = [p for p in model.parameters() if p.requires_grad]
-        self._hooks = AdaLoRAHooks(model, float(m.orth_reg_weight))
+        variant = {"init_r": init_r, "target_r": target_r, "tinit": tinit, "tfinal": tfinal, "deltaT": int(m.deltaT)}
         return Prepared(model=model, params=params, head_params=head, head_names=list(backbone.head_names),
                         selected=selected, steps=steps, lr=ctx.method_lr(), weight_decay=ctx.method_weight_decay(),
-                        hooks=self._hooks, variant={"init_r": init_r, "target_r": target_r, "tinit": tinit,
-                                                    "tfinal": tfinal, "deltaT": int(m.deltaT)})
+                        hooks=AdaLoRAHooks(model, float(m.orth_reg_weight)), variant=variant)
 
     def finalize(self, ctx: MethodContext, prepared: Prepared) -> dict[str, Any]:
         """Final per-module ranks; effective parameters Σ rank·(in + out + 1)."""
-        layers = self._hooks.layers
+        layers = adalora_layers(prepared.model)
         ranks = final_ranks(layers)
         effective = sum(r * (layers[n].in_features + layers[n].out_features + 1) for n, r in ranks.items())
         prefix = "base_model.model."

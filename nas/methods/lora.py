@@ -40,12 +40,11 @@ class LoRA(Method):
     def prepare(self, ctx: MethodContext, backbone: Backbone) -> Prepared:
         selected = list(ctx.space.names)
         write_selection(ctx.run_dir, ctx.space, selected, None, seed=ctx.cfg.seed, task=ctx.task.name)
-        self._rank = self.rank(ctx)
-        return adapted_model(ctx, backbone, selected, self.operator, self._rank, self.operator_args(ctx),
+        return adapted_model(ctx, backbone, selected, self.operator, self.rank(ctx), self.operator_args(ctx),
                              has_search=False)
 
     def finalize(self, ctx: MethodContext, prepared: Prepared) -> dict[str, Any]:
-        export_lora_adapter(ctx, prepared, self.operator, self._rank)
+        export_lora_adapter(ctx, prepared, self.operator, int(prepared.variant["rank"]))
         return {}
 
 
