@@ -1,10 +1,11 @@
-"""Cost of one DiffoRA search step (α-step + w-step) against one plain LoRA step, on the same real batches.
+"""Cost of one DiffoRA search step (α-step + w-step), first and second order, against one plain LoRA step.
 
     python benchmarks/search_step_cost.py --task mrpc --steps 12 --batch-size 32 --max-length 128
 
 Each mode runs in its own process (so peak memory is its own): MiniLM with LoRA on all 36 modules, batches
-of real GLUE data with dynamic padding. Prints the median step time and the peak resident memory of each
-mode, and their ratios (search / LoRA), measured in this one run.
+of real GLUE data with dynamic padding, the same batches in every mode. Modes: ``lora`` (one LoRA step),
+``search`` (first-order hypergradient) and ``search2`` (second-order, unrolled: ξ = inner lr). Prints the
+median step time and peak resident memory of each mode and their ratios, measured in this one run.
 """
 
 from __future__ import annotations
@@ -28,13 +29,13 @@ def rss_mb() -> float:
 
 
 def measure(mode: str, task_name: str, steps: int, batch_size: int, max_length: int) -> dict[str, float]:
-    """Median seconds per step (after 2 warm-up steps) and memory of ``mode`` ∈ {lora, search}."""
+    """Median seconds per step (after 2 warm-up steps) and memory of ``mode`` ∈ {lora, search, search2}."""
     import torch
 
     from nas.backbone import load_backbone
     from nas.bilevel import BilevelSearch
     from nas.data import prepare_data
-    from nas.hypergradient import BilevelProblem, first_order
+    from nas.hypergradient import BilevelProblem, first_order, second_order
     from nas.operators import inject_adapters
     from nas.relaxation import build_relaxation
     from nas.supernet import SuperNet
@@ -51,11 +52,12 @@ def measure(mode: str, task_name: str, steps: int, batch_size: int, max_length: 
     loader = make_loader(data.train, backbone.tokenizer, batch_size, True, seed=0)
     batches = [to_device(b, "cpu") for _, b in zip(range(2 * (steps + 2)), loader, strict=False)]
     loss_fn = loss_for(data.task)
-    if mode == "search":
+    if mode in ("search", "search2"):
         net = SuperNet(model, space, build_relaxation("sigmoid"), backbone.head_names, rank=8, alpha=16).train()
         inner = net.named_weight_parameters()
         problem = BilevelProblem(net, loss_fn, inner, {"dam_logits": net.dam_logits}, inner_lr=1e-3)
-        search = BilevelSearch(problem, first_order, torch.optim.AdamW(list(inner.values()), lr=1e-3),
+        hypergradient = second_order if mode == "search2" else first_order
+        search = BilevelSearch(problem, hypergradient, torch.optim.AdamW(list(inner.values()), lr=1e-3),
                                torch.optim.Adam(net.arch_parameters(), lr=3e-4, betas=(0.5, 0.999)))
 
         def step(i: int) -> None:
@@ -95,25 +97,28 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--mode", choices=["lora", "search"], help="internal: measure one mode and print JSON")
+    parser.add_argument("--mode", choices=["lora", "search", "search2"],
+                        help="internal: measure one mode and print JSON")
     args = parser.parse_args()
     if args.mode:
         print(json.dumps(measure(args.mode, args.task, args.steps, args.batch_size, args.max_length)))
         return
     results = {}
-    for mode in ("lora", "search"):
+    for mode in ("lora", "search", "search2"):
         out = subprocess.run([sys.executable, __file__, "--mode", mode, "--task", args.task, "--steps",
                               str(args.steps), "--batch-size", str(args.batch_size), "--max-length",
                               str(args.max_length)], capture_output=True, text=True, check=True)
         results[mode] = json.loads(out.stdout.strip().splitlines()[-1])
-    lora, search = results["lora"], results["search"]
+    lora, search, search2 = results["lora"], results["search"], results["search2"]
     print(f"task={args.task} batch={args.batch_size} max_length={args.max_length} steps={args.steps} "
           f"threads={os.cpu_count()} (mean tokens/batch {lora['tokens_per_batch']:.0f})")
     for mode, r in results.items():
-        print(f"  {mode:6s}  {r['step_s']:.3f} s/step   peak RSS {r['peak_rss_mb']:.0f} MB "
+        print(f"  {mode:7s}  {r['step_s']:.3f} s/step   peak RSS {r['peak_rss_mb']:.0f} MB "
               f"(+{r['peak_rss_mb'] - r['rss_before_mb']:.0f} MB over the loaded model)")
     print(f"  search step / LoRA step time: {search['step_s'] / lora['step_s']:.2f}x")
     print(f"  peak RSS search / LoRA:       {search['peak_rss_mb'] / lora['peak_rss_mb']:.2f}x")
+    print(f"  second-order / first-order search step time: {search2['step_s'] / search['step_s']:.2f}x")
+    print(f"  peak RSS second / first order:               {search2['peak_rss_mb'] / search['peak_rss_mb']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import CONF_DIR, compose_run
 from hydra.errors import ConfigCompositionException
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 import nas
@@ -89,14 +89,41 @@ def test_bad_values_name_the_problem_and_the_fix(override: str, message: str) ->
         validate_run_config(cfg)
 
 
+def compose_sweep(overrides: list[str]) -> DictConfig:
+    """The run config with its ``hydra`` node (launcher, sweeper params), as a multirun would see it."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("run", overrides=[*overrides, "hydra.sweep.dir=/tmp/sweep"], return_hydra_config=True)
+
+
 @pytest.mark.parametrize(("launcher", "target"), [
     ("local_parallel", "JoblibLauncher"), ("joblib", "JoblibLauncher"), ("slurm", "SlurmLauncher"),
 ])
 def test_launchers_compose(launcher: str, target: str) -> None:
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("run", overrides=[f"hydra/launcher={launcher}", "experiment=ablation_order",
-                                        "hydra.sweep.dir=/tmp/sweep"], return_hydra_config=True)
+    cfg = compose_sweep([f"hydra/launcher={launcher}", "experiment=ablation_order"])
     assert cfg.hydra.launcher._target_.endswith(target)
     assert cfg.hydra.sweeper.params.bilevel == "first_order,second_order"
+
+
+SWEEPS = [path.stem for path in sorted((CONF_DIR / "experiment").glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("experiment", SWEEPS)
+def test_every_sweep_names_existing_options(experiment: str) -> None:
+    """A sweep over a config group must list options that exist; a typo would only fail at launch otherwise."""
+    cfg = compose_sweep([f"experiment={experiment}"])
+    params = cfg.hydra.sweeper.params or {}
+    for key, values in params.items():
+        if (CONF_DIR / key).is_dir():
+            options = {path.stem for path in (CONF_DIR / key).glob("*.yaml")}
+            assert set(str(values).split(",")) <= options, f"{experiment}: {key}={values} names a missing option"
+        else:  # a plain key: it must exist in the run config
+            assert OmegaConf.select(compose_run([f"experiment={experiment}"]), key) is not None, key
+
+
+def test_relaxation_discretizer_ablation_is_the_full_grid() -> None:
+    cfg = compose_sweep(["experiment=ablation_relaxation_discretizer"])
+    params = cfg.hydra.sweeper.params
+    assert list(params) == ["seed", "relaxation", "discretizer"]  # seed slowest: a cut sweep keeps whole seeds
+    assert len(params.relaxation.split(",")) == 4 and cfg.task.name == "mrpc"
