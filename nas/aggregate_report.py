@@ -70,11 +70,39 @@ def to_markdown(summaries: Sequence[GroupSummary]) -> str:
                      format_params(g.trainable_params), format_params(g.effective_params), format_time(g.wall_s),
                      "—" if g.stability is None else f"{g.stability:.3f}", str(g.failed), str(g.unfinished)]
             lines.append("| " + " | ".join(cells) + " |")
+        lines += to_grids(groups)
         problems = [p for g in groups for p in g.not_finished]
         if problems:
             lines += ["", "Not finished:", *(f"- `{p}`" for p in problems)]
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def to_grids(groups: Sequence[GroupSummary]) -> list[str]:
+    """Per method whose runs vary in exactly two variant keys (e.g. relaxation × discretizer): a grid of
+    ``mean ± std (J = stability)`` with the first key's values as rows and the second's as columns."""
+    lines: list[str] = []
+    methods: dict[str, list[GroupSummary]] = defaultdict(list)
+    for g in groups:
+        methods[g.method].append(g)
+    for method, rows in methods.items():
+        keys = list(rows[0].variant)
+        if len(keys) != 2 or any(list(g.variant) != keys for g in rows):
+            continue
+        first = list(dict.fromkeys(str(g.variant[keys[0]]) for g in rows))
+        second = list(dict.fromkeys(str(g.variant[keys[1]]) for g in rows))
+        cells = {(str(g.variant[keys[0]]), str(g.variant[keys[1]])): g for g in rows}
+        lines += ["", f"{method}: {keys[0]} × {keys[1]} (mean ± std; J = mean pairwise Jaccard of the selections)",
+                  "", f"| {keys[0]} \\ {keys[1]} | " + " | ".join(second) + " |",
+                  "|---|" + "---:|" * len(second)]
+        for a in first:
+            row = []
+            for b in second:
+                g = cells.get((a, b))
+                stability = "" if g is None or g.stability is None else f" (J = {g.stability:.2f})"
+                row.append("—" if g is None else format_pm(g.score_mean, g.score_std) + stability)
+            lines.append(f"| {a} | " + " | ".join(row) + " |")
+    return lines
 
 
 def _cell(value: Any) -> Any:

@@ -146,6 +146,16 @@ def test_markdown_cells(tmp_path: Path) -> None:
     assert rows[3] == "| lora | — | 1 | 0.750 ± — | 0.800 ± — | 300,000 | 300,000 | 45 s | — | 0 | 0 |"
 
 
+def test_two_factor_grid(tmp_path: Path) -> None:
+    """diffora varies in relaxation and discretizer: a grid, rows × columns, missing cells as —; lora gets none."""
+    markdown = to_markdown(summarize(load_runs(ablation_sweep(tmp_path))))
+    grid = markdown[markdown.index("diffora: relaxation × discretizer"):].splitlines()
+    assert grid[2] == "| relaxation \\ discretizer | threshold | global_topk |"
+    assert grid[4] == "| gumbel | 0.800 ± 0.000 (J = 0.50) | — |"
+    assert grid[5] == "| sigmoid | — | 0.600 ± 0.141 (J = 0.50) |"
+    assert "lora: " not in markdown
+
+
 def test_csv_columns_and_png(tmp_path: Path) -> None:
     runs = load_runs(ablation_sweep(tmp_path / "sweep"))
     summaries = summarize(runs)
