@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -90,7 +91,7 @@ class GroupSummary:
     baseline: float | None
     trainable_params: float | None
     effective_params: float | None
-    wall_s: float | None
+    wall_s: float | None  # median over seeds: robust to a run slowed by other work on the machine
     stability: float | None
     failed: int
     unfinished: int
@@ -201,7 +202,7 @@ def _load_one(run_dir: Path, root: Path) -> tuple[RunRecord, dict[str, Any]]:
         record = RunRecord(run_dir, rel_dir, "unfinished")
     if record.status != "finished":
         record.task = str(flat.get("task.name", MISSING))
-        record.method = str(flat.get("method", MISSING))
+        record.method = str(flat.get("method.name", flat.get("method", MISSING)))  # a group, or a plain string
         record.seed = flat.get("seed")
     record.selected = _read_selection(run_dir)
     return record, flat
@@ -273,6 +274,11 @@ def variant_labels(runs: Sequence[RunRecord]) -> list[str]:
     return [_label(variant) for variant in _varying(runs)]
 
 
+def _median(values: Iterable[float | None]) -> float | None:
+    kept = [float(v) for v in values if v is not None]
+    return statistics.median(kept) if kept else None
+
+
 def mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None]:
     """Mean and sample std (ddof=1) of the values given; (None, None) when empty, std None for one value."""
     array = np.array([v for v in values if v is not None], dtype=float)
@@ -319,7 +325,7 @@ def summarize(runs: Sequence[RunRecord]) -> list[GroupSummary]:
             baseline=mean_std(r.majority_baseline.get(main) for r in done)[0] if main else None,
             trainable_params=mean_std(r.trainable_params for r in done)[0],
             effective_params=mean_std(r.effective_params for r in done)[0],
-            wall_s=mean_std(r.total_wall_s for r in done)[0],
+            wall_s=_median(r.total_wall_s for r in done),
             stability=mean_pairwise_jaccard([r.selected for r in done if r.selected is not None]),
             failed=sum(r.status == "failed" for r in members),
             unfinished=sum(r.status == "unfinished" for r in members),

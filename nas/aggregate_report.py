@@ -61,7 +61,7 @@ def to_markdown(summaries: Sequence[GroupSummary]) -> str:
             others.extend(k for k in g.metrics if k != main and k not in others)
         base = "not recorded" if baseline is None else f"{baseline:.3f}"
         header = ["method", "variant", "n", f"{main} (mean ± std)", *others, "trainable params",
-                  "effective params", "wall time", "selection stability", "failed", "unfinished"]
+                  "effective params", "wall time (median)", "selection stability", "failed", "unfinished"]
         lines += [f"## {task}", "", f"Majority-class baseline ({main}): {base}", "",
                   "| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
         for g in groups:
@@ -153,7 +153,7 @@ def write_tables(summaries: Sequence[GroupSummary], runs: Sequence[RunRecord], o
         row = {"task": g.task, "method": g.method, "label": g.label, "n": g.n, "seeds": g.seeds,
                "main_metric": g.main_metric, "score_mean": g.score_mean, "score_std": g.score_std,
                "majority_baseline": g.baseline, "trainable_params": _round(g.trainable_params),
-               "effective_params": _round(g.effective_params), "wall_s_mean": g.wall_s,
+               "effective_params": _round(g.effective_params), "wall_s_median": g.wall_s,
                "selection_stability": g.stability,
                "failed": g.failed, "unfinished": g.unfinished, **{f"variant/{k}": v for k, v in g.variant.items()}}
         for name, (mean, std) in g.metrics.items():
@@ -161,7 +161,7 @@ def write_tables(summaries: Sequence[GroupSummary], runs: Sequence[RunRecord], o
         summary_rows.append(row)
     summary_header = ["task", "method", "label", "n", "seeds", "main_metric", "score_mean", "score_std",
                       *(f"metric/{k}/{stat}" for k in names for stat in ("mean", "std")), "majority_baseline",
-                      "trainable_params", "effective_params", "wall_s_mean", "selection_stability", "failed",
+                      "trainable_params", "effective_params", "wall_s_median", "selection_stability", "failed",
                       "unfinished", *(f"variant/{k}" for k in keys)]
     (out / "summary.md").write_text(to_markdown(summaries))
     return {"runs_csv": _write_csv(out / "runs.csv", run_header, run_rows),

@@ -50,7 +50,7 @@ def write_config(run_dir: Path, task: str, method: str, seed: int, relaxation: s
     """Only .hydra/config.yaml: the run started and never wrote metrics.json."""
     (run_dir / ".hydra").mkdir(parents=True)
     (run_dir / ".hydra" / "config.yaml").write_text(
-        f"seed: {seed}\nmethod: {method}\ntask:\n  name: {task}\nrelaxation:\n  name: {relaxation}\n"
+        f"seed: {seed}\nmethod:\n  name: {method}\ntask:\n  name: {task}\nrelaxation:\n  name: {relaxation}\n"
         f"discretizer:\n  name: {discretizer}\n  rho: 0.5\nspace:\n  rank: 8\n  operator: lora\n")
     return run_dir
 
@@ -171,7 +171,7 @@ def test_csv_columns_and_png(tmp_path: Path) -> None:
     with paths["summary_csv"].open() as handle:
         summary_rows = list(csv.DictReader(handle))
     assert {"task", "method", "label", "n", "main_metric", "score_mean", "score_std", "metric/f1/mean",
-            "metric/f1/std", "trainable_params", "effective_params", "wall_s_mean", "selection_stability",
+            "metric/f1/std", "trainable_params", "effective_params", "wall_s_median", "selection_stability",
             "failed", "unfinished", "majority_baseline"} <= set(summary_rows[0])
     lora = next(row for row in summary_rows if row["method"] == "lora")
     assert lora["score_std"] == "" and lora["selection_stability"] == "" and float(lora["score_mean"]) == 0.75
