@@ -186,6 +186,20 @@ def param_budget(rank: int | None = None, target_params: float | None = None, rh
     return discretize
 
 
+def removal_drops(inputs: DiscretizeInput) -> dict[str, float]:
+    """drop(m) = base_score − removal_score(m): how much the α-split score falls when m's branch is removed."""
+    if inputs.removal_score is None or inputs.base_score is None:
+        raise ConfigError(
+            "perturbation needs the supernet (removal_score and base_score); it is only available in the "
+            "search pipeline. Use discretizer=global_topk otherwise."
+        )
+    drops = {name: float(inputs.base_score) - float(inputs.removal_score(name)) for name in inputs.space.names}
+    bad = [name for name, drop in drops.items() if not math.isfinite(drop)]
+    if bad:
+        raise ValueError(f"perturbation: non-finite score drop for {bad[:3]} (base {inputs.base_score})")
+    return drops
+
+
 @DISCRETIZERS.register("perturbation")
 def perturbation(rho: float = 0.5, **_: object) -> Discretizer:
     """Perturbation-based selection (DARTS-PT, Wang et al. 2021), one shot, without re-tuning.
@@ -196,17 +210,8 @@ def perturbation(rho: float = 0.5, **_: object) -> Discretizer:
     rho = _check_rho(rho)
 
     def discretize(inputs: DiscretizeInput) -> list[str]:
-        if inputs.removal_score is None or inputs.base_score is None:
-            raise ConfigError(
-                "perturbation needs the supernet (removal_score and base_score); it is only available in the "
-                "search pipeline. Use discretizer=global_topk otherwise."
-            )
         names = list(inputs.space.names)
-        drops = {name: float(inputs.base_score) - float(inputs.removal_score(name)) for name in names}
-        bad = [name for name, drop in drops.items() if not math.isfinite(drop)]
-        if bad:
-            raise ValueError(f"perturbation: non-finite score drop for {bad[:3]} (base {inputs.base_score})")
-        return top_k(drops, names, keep_count(rho, len(names)))
+        return top_k(removal_drops(inputs), names, keep_count(rho, len(names)))
 
     return discretize
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from nas.backbone import Backbone, load_backbone
 from nas.diagnostics import summarize_dam
-from nas.discretizer import DiscretizeInput, build_discretizer
+from nas.discretizer import DiscretizeInput, build_discretizer, removal_drops
 from nas.methods.adapters import adapted_model, export_lora_adapter
 from nas.methods.base import METHODS, Method, MethodContext, Prepared
 from nas.outputs import write_json, write_selection
@@ -26,12 +25,6 @@ def discretizer_options(ctx: MethodContext) -> dict[str, Any]:
     return options
 
 
-def removal_drops(ctx: MethodContext, removal: Callable[[str | None], float], base: float) -> dict[str, float]:
-    """drop(m) = score(all branches) − score(m's branch removed), the perturbation discretizer's ranking score
-    (the scores are remembered, so this costs nothing after the discretizer ran)."""
-    return {name: base - removal(name) for name in ctx.space.names}
-
-
 @METHODS.register("diffora")
 class DiffoRA(Method):
     name = "diffora"
@@ -45,7 +38,9 @@ class DiffoRA(Method):
         base = removal(None) if removal is not None else None
         selected = outcome.supernet.export(lambda scores: discretize(
             DiscretizeInput(scores, ctx.space, removal_score=removal, base_score=base)))
-        extra = {} if removal is None else {"removal_drops": removal_drops(ctx, removal, base)}
+        # the removal scores are remembered by the scorer, so recording the drops costs no forward pass
+        extra = {} if removal is None else {"removal_drops": removal_drops(
+            DiscretizeInput(outcome.scores, ctx.space, removal_score=removal, base_score=base))}
         write_selection(ctx.run_dir, ctx.space, selected, outcome.scores, rho=cfg.discretizer.rho,
                         discretizer=cfg.discretizer.name, relaxation=cfg.relaxation.name,
                         hypergradient=cfg.bilevel.hypergradient, seed=cfg.seed, task=ctx.task.name, **extra)
