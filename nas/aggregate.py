@@ -3,23 +3,22 @@
 A row of the summary is one (task, method, variant label); the label names the ``variant`` keys whose value
 differs among the runs of the same (task, method), and the seeds are the replicates. From a notebook::
 
-    from nas.aggregate import load_runs, summarize, to_markdown
+    from nas.aggregate import load_runs, paired_differences, summarize, to_markdown
     runs = load_runs("logs/multiruns/2025-01-01_12-00-00")
-    print(to_markdown(summarize(runs)))
+    print(to_markdown(summarize(runs), paired_differences(runs, reference="random")))
 
-Reading, grouping and statistics live here; the tables and the figure in nas/aggregate_report.py.
+Reading, grouping and pairing live here; the formulas (paired tests, bootstrap CI, Jaccard chance) in
+nas/statistics.py; the tables and the figure in nas/aggregate_report.py.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import statistics
 import warnings
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import combinations
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,16 +27,41 @@ import yaml
 
 from nas.aggregate_report import plot_summary, to_markdown, write_tables
 from nas.errors import ConfigError
+from nas.statistics import (
+    PairedComparison,
+    PairedReport,
+    jaccard,
+    mean_pairwise_jaccard,
+    mean_pairwise_jaccard_chance,
+    mean_std,
+    median,
+    paired_comparisons,
+)
 
 Status = Literal["finished", "failed", "unfinished"]
 # Variant keys looked up in .hydra/config.yaml for a run without metrics.json when no finished run of the
 # same (task, method) says which keys it has.
 DEFAULT_VARIANT_KEYS = ("relaxation", "discretizer", "rho", "hypergradient", "retrain_init", "operator", "rank")
 MISSING = "?"
+DEFAULT_REFERENCE = "random"
 
 
 class AggregateWarning(UserWarning):
     """A run folder that could not be read completely; the aggregation goes on without it."""
+
+
+@dataclass
+class Recovery:
+    """metrics.json's ``recovery`` on a planted task with planted set S of N candidates: precision = |selected ∩ S| /
+    |S|, auc = ROC-AUC of the per-module scores against membership of S (None where undefined), chance = |S| / N;
+    ``by_criterion`` maps a scoring criterion to its (precision, auc)."""
+
+    precision: float
+    auc: float | None
+    chance: float
+    criterion: str
+    planted: list[str]
+    by_criterion: dict[str, tuple[float, float | None]] = field(default_factory=dict)
 
 
 @dataclass
@@ -71,7 +95,18 @@ class RunRecord:
     total_wall_s: float | None = None
     diagnostics: dict[str, Any] = field(default_factory=dict)
     selected: list[str] | None = None
+    recovery: Recovery | None = None
     error: str | None = None
+
+
+@dataclass
+class RecoverySummary:
+    """Recovery of the planted set over the n seeds that recorded it: (mean, std) of precision and AUC."""
+
+    n: int
+    precision: tuple[float | None, float | None]
+    auc: tuple[float | None, float | None]
+    chance: float | None
 
 
 @dataclass
@@ -96,6 +131,9 @@ class GroupSummary:
     failed: int
     unfinished: int
     not_finished: list[str] = field(default_factory=list)
+    stability_chance: float | None = None  # expected mean pairwise Jaccard of uniformly random selections
+    recovery: RecoverySummary | None = None  # None when no seed recorded recovery
+    recovery_by_criterion: dict[str, RecoverySummary] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- reading
@@ -173,14 +211,38 @@ def _first_line(path: Path) -> str:
     return lines[0][:200] if lines else ""
 
 
-def _read_selection(run_dir: Path) -> list[str] | None:
+def _read_selection(run_dir: Path) -> tuple[list[str] | None, int | None]:
+    """selection.json's ``selected`` and ``num_candidates`` (None where absent or unreadable)."""
     path = run_dir / "selection.json"
     if not path.is_file():
+        return None, None
+    try:
+        data = json.loads(path.read_text())
+        candidates = data.get("num_candidates")
+        return [str(name) for name in data["selected"]], None if candidates is None else int(candidates)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        warnings.warn(f"{path}: unreadable ({error}); its selection is left out", AggregateWarning, stacklevel=4)
+        return None, None
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _read_recovery(data: Any, path: Path) -> Recovery | None:
+    """metrics.json's ``recovery`` block; None when absent, or (with a warning) when malformed."""
+    if data is None:
         return None
     try:
-        return [str(name) for name in json.loads(path.read_text())["selected"]]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        warnings.warn(f"{path}: unreadable ({error}); its selection is left out", AggregateWarning, stacklevel=4)
+        by_criterion = {str(name): (float(entry["precision"]), _optional_float(entry.get("auc")))
+                        for name, entry in (data.get("by_criterion") or {}).items()}
+        return Recovery(precision=float(data["precision"]), auc=_optional_float(data.get("auc")),
+                        chance=float(data["chance"]), criterion=str(data.get("criterion") or ""),
+                        planted=[str(name) for name in data.get("planted") or []], by_criterion=by_criterion)
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        warnings.warn(f"{path}: malformed recovery ({type(error).__name__}: {error}); expected {{precision, auc, "
+                      "chance, planted, criterion, by_criterion}, the run's recovery is left out", AggregateWarning,
+                      stacklevel=4)
         return None
 
 
@@ -191,7 +253,9 @@ def _load_one(run_dir: Path, root: Path) -> tuple[RunRecord, dict[str, Any]]:
     record = None
     if metrics_path.is_file():
         try:
-            record = _finished_record(json.loads(metrics_path.read_text()), run_dir, rel_dir)
+            data = json.loads(metrics_path.read_text())
+            record = _finished_record(data, run_dir, rel_dir)
+            record.recovery = _read_recovery(data.get("recovery"), metrics_path)
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             message = f"unreadable metrics.json ({type(error).__name__}: {error})"
             warnings.warn(f"{metrics_path}: {message}; counted as failed", AggregateWarning, stacklevel=3)
@@ -204,7 +268,8 @@ def _load_one(run_dir: Path, root: Path) -> tuple[RunRecord, dict[str, Any]]:
         record.task = str(flat.get("task.name", MISSING))
         record.method = str(flat.get("method.name", flat.get("method", MISSING)))  # a group, or a plain string
         record.seed = flat.get("seed")
-    record.selected = _read_selection(run_dir)
+    record.selected, candidates = _read_selection(run_dir)
+    record.num_candidates = candidates if candidates is not None else record.num_candidates
     return record, flat
 
 
@@ -274,41 +339,49 @@ def variant_labels(runs: Sequence[RunRecord]) -> list[str]:
     return [_label(variant) for variant in _varying(runs)]
 
 
-def _median(values: Iterable[float | None]) -> float | None:
-    kept = [float(v) for v in values if v is not None]
-    return statistics.median(kept) if kept else None
+def _groups(runs: Sequence[RunRecord]) -> dict[tuple[str, str, str], list[int]]:
+    """Indices of the runs of each (task, method, label), sorted by key; labels recomputed from ``runs``."""
+    varying = _varying(runs)
+    groups: dict[tuple[str, str, str], list[int]] = defaultdict(list)
+    for i, run in enumerate(runs):
+        groups[(run.task, run.method, _label(varying[i]))].append(i)
+    return dict(sorted(groups.items()))
 
 
-def mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None]:
-    """Mean and sample std (ddof=1) of the values given; (None, None) when empty, std None for one value."""
-    array = np.array([v for v in values if v is not None], dtype=float)
-    if array.size == 0:
-        return None, None
-    return float(array.mean()), float(array.std(ddof=1)) if array.size > 1 else None
-
-
-def jaccard(a: Iterable[str], b: Iterable[str]) -> float:
-    """|A∩B| / |A∪B|; two empty sets count as identical (1.0)."""
-    a, b = set(a), set(b)
-    return len(a & b) / len(a | b) if a | b else 1.0
-
-
-def mean_pairwise_jaccard(sets: Sequence[Iterable[str]]) -> float | None:
-    """Mean Jaccard index over all pairs; None with fewer than two sets."""
-    sets = [set(s) for s in sets]
-    if len(sets) < 2:
+def _stability_chance(done: Sequence[RunRecord]) -> float | None:
+    """Chance level of the stability: None below two selections or when their num_candidates are unknown/differ."""
+    with_selection = [r for r in done if r.selected is not None]
+    spaces = {r.num_candidates for r in with_selection}
+    if len(with_selection) < 2 or len(spaces) != 1 or None in spaces:
         return None
-    return float(np.mean([jaccard(a, b) for a, b in combinations(sets, 2)]))
+    try:
+        return mean_pairwise_jaccard_chance([len(set(r.selected or [])) for r in with_selection], int(spaces.pop()))
+    except ValueError as error:  # a selection larger than its space: inconsistent files, no chance level
+        warnings.warn(f"{with_selection[0].task} {with_selection[0].method}: {error}", AggregateWarning, stacklevel=3)
+        return None
+
+
+def _recovery(values: Sequence[tuple[float, float | None, float | None]]) -> RecoverySummary | None:
+    """(precision, auc, chance) of each seed → RecoverySummary; None without any."""
+    if not values:
+        return None
+    return RecoverySummary(n=len(values), precision=mean_std(v[0] for v in values),
+                           auc=mean_std(v[1] for v in values), chance=mean_std(v[2] for v in values)[0])
+
+
+def _recovery_by_criterion(done: Sequence[RunRecord]) -> dict[str, RecoverySummary]:
+    values: dict[str, list[tuple[float, float | None, float | None]]] = defaultdict(list)
+    for r in done:
+        for name, (precision, auc) in (r.recovery.by_criterion.items() if r.recovery else ()):
+            values[name].append((precision, auc, r.recovery.chance if r.recovery else None))
+    return {name: summary for name, v in values.items() if (summary := _recovery(v)) is not None}
 
 
 def summarize(runs: Sequence[RunRecord]) -> list[GroupSummary]:
     """One GroupSummary per (task, method, label), sorted; labels are recomputed from ``runs`` as given."""
     varying = _varying(runs)
-    groups: dict[tuple[str, str, str], list[int]] = defaultdict(list)
-    for i, run in enumerate(runs):
-        groups[(run.task, run.method, _label(varying[i]))].append(i)
     summaries = []
-    for (task, method, label), indices in sorted(groups.items()):
+    for (task, method, label), indices in _groups(runs).items():
         members = [runs[i] for i in indices]
         done = [r for r in members if r.status == "finished"]
         mains = Counter(r.main_metric for r in done if r.main_metric)
@@ -325,25 +398,54 @@ def summarize(runs: Sequence[RunRecord]) -> list[GroupSummary]:
             baseline=mean_std(r.majority_baseline.get(main) for r in done)[0] if main else None,
             trainable_params=mean_std(r.trainable_params for r in done)[0],
             effective_params=mean_std(r.effective_params for r in done)[0],
-            wall_s=_median(r.total_wall_s for r in done),
+            wall_s=median(r.total_wall_s for r in done),
             stability=mean_pairwise_jaccard([r.selected for r in done if r.selected is not None]),
             failed=sum(r.status == "failed" for r in members),
             unfinished=sum(r.status == "unfinished" for r in members),
             not_finished=[f"{r.rel_dir}: {r.status}" + (f" ({r.error})" if r.error else "")
-                          for r in members if r.status != "finished"]))
+                          for r in members if r.status != "finished"],
+            stability_chance=_stability_chance(done),
+            recovery=_recovery([(r.recovery.precision, r.recovery.auc, r.recovery.chance)
+                                for r in done if r.recovery is not None]),
+            recovery_by_criterion=_recovery_by_criterion(done)))
     return summaries
 
 
-__all__ = ["AggregateWarning", "GroupSummary", "RunRecord", "aggregate", "find_run_dirs", "jaccard", "load_runs",
-           "mean_pairwise_jaccard", "mean_std", "plot_summary", "summarize", "to_markdown", "variant_labels",
-           "write_tables"]
+def _scores_by_seed(runs: Sequence[RunRecord], where: str) -> dict[Any, float]:
+    """Seed → score of the finished runs with a seed; a seed run twice is averaged (with a warning)."""
+    scores: dict[Any, list[float]] = defaultdict(list)
+    for r in runs:
+        if r.status == "finished" and r.score is not None and r.seed is not None:
+            scores[r.seed].append(r.score)
+    for seed, values in scores.items():
+        if len(values) > 1:
+            warnings.warn(f"{where}: seed {seed} has {len(values)} finished runs; their mean score is paired",
+                          AggregateWarning, stacklevel=3)
+    return {seed: float(np.mean(values)) for seed, values in scores.items()}
 
 
-def aggregate(sweep_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
-    """load_runs → summarize → tables and plot in ``out_dir`` (default ``<sweep_dir>/aggregate``)."""
+def paired_differences(runs: Sequence[RunRecord], reference: str = DEFAULT_REFERENCE,
+                       reference_label: str | None = None) -> PairedReport:
+    """Per task, every (method, label) row against the ``reference`` method's row, seed by seed (runs sharing a
+    seed share data order and split): ``nas.statistics.paired_comparisons`` on the finished runs' scores."""
+    rows = {key: _scores_by_seed([runs[i] for i in indices], " ".join(key).rstrip())
+            for key, indices in _groups(runs).items()}
+    return paired_comparisons({key: scores for key, scores in rows.items() if scores}, reference, reference_label)
+
+
+__all__ = ["AggregateWarning", "GroupSummary", "PairedComparison", "PairedReport", "Recovery", "RecoverySummary",
+           "RunRecord", "aggregate", "find_run_dirs", "jaccard", "load_runs", "mean_pairwise_jaccard", "mean_std",
+           "paired_differences", "plot_summary", "summarize", "to_markdown", "variant_labels", "write_tables"]
+
+
+def aggregate(sweep_dir: str | Path, out_dir: str | Path | None = None, *, reference: str = DEFAULT_REFERENCE,
+              reference_label: str | None = None) -> dict[str, Path]:
+    """load_runs → summarize and paired_differences → tables and plot in ``out_dir`` (default
+    ``<sweep_dir>/aggregate``): runs.csv, summary.csv, summary.md, paired.csv and summary.png."""
     runs = load_runs(sweep_dir)
     summaries = summarize(runs)
+    paired = paired_differences(runs, reference, reference_label)
     out = Path(out_dir) if out_dir is not None else Path(sweep_dir).expanduser() / "aggregate"
-    paths = write_tables(summaries, runs, out)
+    paths = write_tables(summaries, runs, out, paired)
     paths["summary_png"] = plot_summary(summaries, out / "summary.png")
     return paths

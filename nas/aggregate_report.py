@@ -1,4 +1,4 @@
-"""Outputs of nas.aggregate: summary.md (one table per task), runs.csv, summary.csv and summary.png."""
+"""Outputs of nas.aggregate: summary.md (tables per task), runs.csv, summary.csv, paired.csv and summary.png."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from nas.statistics import BOOTSTRAP_RESAMPLES, PairedComparison, PairedReport  # noqa: E402
+
 if TYPE_CHECKING:
     from nas.aggregate import GroupSummary, RunRecord
 
@@ -24,6 +26,18 @@ def format_pm(mean: float | None, std: float | None) -> str:
     if mean is None:
         return "—"
     return f"{mean:.3f} ± {'—' if std is None else f'{std:.3f}'}"
+
+
+def format_p(p: float | None) -> str:
+    """A p-value: ``0.043``, ``<0.001``, or ``—`` where undefined."""
+    return "—" if p is None else ("<0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def format_stability(j: float | None, chance: float | None) -> str:
+    """``J (chance c)``: the mean pairwise Jaccard beside its chance level; ``—`` without J."""
+    if j is None:
+        return "—"
+    return f"{j:.3f}" + ("" if chance is None else f" (chance {chance:.3f})")
 
 
 def format_params(value: float | None) -> str:
@@ -51,8 +65,28 @@ def _task_main(groups: Sequence[GroupSummary]) -> tuple[str, float | None]:
     return main, next((g.baseline for g in groups if g.baseline is not None and g.main_metric == main), None)
 
 
-def to_markdown(summaries: Sequence[GroupSummary]) -> str:
-    """One table per task, rows by method then label, with the majority-class baseline above it."""
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]], text_columns: int = 2) -> list[str]:
+    """A markdown table: the first ``text_columns`` left-aligned, the rest right-aligned."""
+    return ["| " + " | ".join(header) + " |",
+            "|" + "|".join(["---"] * text_columns + ["---:"] * (len(header) - text_columns)) + "|",
+            *("| " + " | ".join(row) + " |" for row in rows)]
+
+
+def _variant(label: str) -> str:
+    return label.replace("|", "\\|") or "—"
+
+
+def _recovery_cells(g: GroupSummary) -> list[str]:
+    r = g.recovery
+    if r is None:
+        return ["—", "—", "—"]
+    return [format_pm(*r.precision), format_pm(*r.auc), "—" if r.chance is None else f"{r.chance:.3f}"]
+
+
+def to_markdown(summaries: Sequence[GroupSummary], paired: PairedReport | None = None) -> str:
+    """Per task: a table with rows by method then label and the majority-class baseline above it; recovery columns
+    and a recovery-by-criterion table where a run recorded recovery; the two-factor grids; and, given ``paired``,
+    the paired differences against its reference."""
     lines: list[str] = []
     for task, groups in _by_task(summaries):
         main, baseline = _task_main(groups)
@@ -60,17 +94,21 @@ def to_markdown(summaries: Sequence[GroupSummary]) -> str:
         for g in groups:
             others.extend(k for k in g.metrics if k != main and k not in others)
         base = "not recorded" if baseline is None else f"{baseline:.3f}"
+        recovery = any(g.recovery is not None for g in groups)
         header = ["method", "variant", "n", f"{main} (mean ± std)", *others, "trainable params",
-                  "effective params", "wall time (median)", "selection stability", "failed", "unfinished"]
-        lines += [f"## {task}", "", f"Majority-class baseline ({main}): {base}", "",
-                  "| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|"]
-        for g in groups:
-            cells = [g.method, g.label.replace("|", "\\|") or "—", str(g.n), format_pm(g.score_mean, g.score_std),
-                     *(format_pm(*g.metrics.get(k, (None, None))) for k in others),
-                     format_params(g.trainable_params), format_params(g.effective_params), format_time(g.wall_s),
-                     "—" if g.stability is None else f"{g.stability:.3f}", str(g.failed), str(g.unfinished)]
-            lines.append("| " + " | ".join(cells) + " |")
+                  "effective params", "wall time (median)", "selection stability",
+                  *(["recovery precision", "recovery AUC", "recovery chance"] if recovery else []),
+                  "failed", "unfinished"]
+        rows = [[g.method, _variant(g.label), str(g.n), format_pm(g.score_mean, g.score_std),
+                 *(format_pm(*g.metrics.get(k, (None, None))) for k in others),
+                 format_params(g.trainable_params), format_params(g.effective_params), format_time(g.wall_s),
+                 format_stability(g.stability, g.stability_chance), *(_recovery_cells(g) if recovery else []),
+                 str(g.failed), str(g.unfinished)] for g in groups]
+        lines += [f"## {task}", "", f"Majority-class baseline ({main}): {base}", "", *_table(header, rows)]
+        lines += recovery_by_criterion(groups)
         lines += to_grids(groups)
+        if paired is not None:
+            lines += paired_section(task, main, paired)
         problems = [p for g in groups for p in g.not_finished]
         if problems:
             lines += ["", "Not finished:", *(f"- `{p}`" for p in problems)]
@@ -92,17 +130,55 @@ def to_grids(groups: Sequence[GroupSummary]) -> list[str]:
         first = list(dict.fromkeys(str(g.variant[keys[0]]) for g in rows))
         second = list(dict.fromkeys(str(g.variant[keys[1]]) for g in rows))
         cells = {(str(g.variant[keys[0]]), str(g.variant[keys[1]])): g for g in rows}
-        lines += ["", f"{method}: {keys[0]} × {keys[1]} (mean ± std; J = mean pairwise Jaccard of the selections)",
+        lines += ["", f"{method}: {keys[0]} × {keys[1]} (mean ± std; J = mean pairwise Jaccard of the selections, "
+                  "chance = its expectation for uniformly random selections of the same sizes)",
                   "", f"| {keys[0]} \\ {keys[1]} | " + " | ".join(second) + " |",
                   "|---|" + "---:|" * len(second)]
         for a in first:
             row = []
             for b in second:
                 g = cells.get((a, b))
-                stability = "" if g is None or g.stability is None else f" (J = {g.stability:.2f})"
+                stability = "" if g is None or g.stability is None else f" (J = {g.stability:.2f}" + (
+                    "" if g.stability_chance is None else f", chance {g.stability_chance:.2f}") + ")"
                 row.append("—" if g is None else format_pm(g.score_mean, g.score_std) + stability)
             lines.append(f"| {a} | " + " | ".join(row) + " |")
     return lines
+
+
+def recovery_by_criterion(groups: Sequence[GroupSummary]) -> list[str]:
+    """One row per (method, label, criterion) of the runs' ``recovery.by_criterion``; [] when none has any."""
+    rows = [[g.method, _variant(g.label), name, str(r.n), format_pm(*r.precision), format_pm(*r.auc),
+             "—" if r.chance is None else f"{r.chance:.3f}"]
+            for g in groups for name, r in sorted(g.recovery_by_criterion.items())]
+    if not rows:
+        return []
+    caption = ("Recovery by criterion (precision = |selected ∩ S| / |S|, AUC of the module scores against S, "
+               "chance = |S| / N; mean ± std over seeds)")
+    header = ["method", "variant", "criterion", "n seeds", "precision", "AUC", "chance"]
+    return ["", caption, "", *_table(header, rows, text_columns=3)]
+
+
+def paired_section(task: str, main: str, paired: PairedReport) -> list[str]:
+    """The task's paired differences against ``paired.reference``, or the note saying why there are none."""
+    if task in paired.notes:
+        return ["", f"Paired differences vs {paired.reference}: skipped ({paired.notes[task]})."]
+    comparisons = [c for c in paired.comparisons if c.task == task]
+    if not comparisons:
+        return []
+    ref = paired.reference + (f" ({comparisons[0].reference_label})" if comparisons[0].reference_label else "")
+    caption = (f"Paired differences vs {ref}: d = row's {main} − {paired.reference}'s {main}, seed by seed over "
+               f"the seeds both ran; 95% CI: percentile bootstrap of mean d ({BOOTSTRAP_RESAMPLES:,} resamples); "
+               "p two-sided (with n pairs the smallest Wilcoxon p is 2/2^n)")
+    rows = [[c.method, _variant(c.label), str(c.test.n), _signed(c.test.mean),
+             "—" if c.test.std is None else f"{c.test.std:.3f}",
+             "—" if c.test.ci is None else f"[{_signed(c.test.ci[0])}, {_signed(c.test.ci[1])}]",
+             format_p(c.test.t_pvalue), format_p(c.test.wilcoxon_pvalue)] for c in comparisons]
+    header = ["method", "variant", "n pairs", "mean d", "std d", "95% CI", "t-test p", "Wilcoxon p"]
+    return ["", caption, "", *_table(header, rows)]
+
+
+def _signed(value: float | None) -> str:
+    return "—" if value is None else f"{value:+.3f}"
 
 
 def _cell(value: Any) -> Any:
@@ -132,8 +208,33 @@ def _union(dicts: Iterable[dict[str, Any]]) -> list[str]:
     return keys
 
 
-def write_tables(summaries: Sequence[GroupSummary], runs: Sequence[RunRecord], out_dir: str | Path) -> dict[str, Path]:
-    """runs.csv (finished runs), summary.csv and summary.md into ``out_dir``; returns their paths."""
+def _recovery_columns(g: GroupSummary) -> dict[str, Any]:
+    r = g.recovery
+    if r is None:
+        return {}
+    return {"recovery_n": r.n, "recovery_precision_mean": r.precision[0], "recovery_precision_std": r.precision[1],
+            "recovery_auc_mean": r.auc[0], "recovery_auc_std": r.auc[1], "recovery_chance": r.chance}
+
+
+def _paired_row(c: PairedComparison, mains: dict[tuple[str, str, str], str | None]) -> dict[str, Any]:
+    t = c.test
+    return {"task": c.task, "method": c.method, "label": c.label, "reference": c.reference,
+            "reference_label": c.reference_label, "main_metric": mains.get((c.task, c.method, c.label)), "n": t.n,
+            "seeds": c.seeds, "mean_diff": t.mean, "std_diff": t.std, "ci_low": t.ci[0] if t.ci else None,
+            "ci_high": t.ci[1] if t.ci else None, "t_pvalue": t.t_pvalue, "wilcoxon_pvalue": t.wilcoxon_pvalue}
+
+
+PAIRED_HEADER = ["task", "method", "label", "reference", "reference_label", "main_metric", "n", "seeds", "mean_diff",
+                 "std_diff", "ci_low", "ci_high", "t_pvalue", "wilcoxon_pvalue"]
+RECOVERY_HEADER = ["recovery_n", "recovery_precision_mean", "recovery_precision_std", "recovery_auc_mean",
+                   "recovery_auc_std", "recovery_chance"]
+
+
+def write_tables(summaries: Sequence[GroupSummary], runs: Sequence[RunRecord], out_dir: str | Path,
+                 paired: PairedReport | None = None) -> dict[str, Path]:
+    """runs.csv (finished runs), summary.csv and summary.md into ``out_dir``, and paired.csv given ``paired``
+    (one row per comparison, d = row − reference); returns their paths. summary.csv has the recovery columns
+    only when some run recorded recovery."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     done = [r for r in runs if r.status == "finished"]
@@ -154,19 +255,25 @@ def write_tables(summaries: Sequence[GroupSummary], runs: Sequence[RunRecord], o
                "main_metric": g.main_metric, "score_mean": g.score_mean, "score_std": g.score_std,
                "majority_baseline": g.baseline, "trainable_params": _round(g.trainable_params),
                "effective_params": _round(g.effective_params), "wall_s_median": g.wall_s,
-               "selection_stability": g.stability,
+               "selection_stability": g.stability, "jaccard_chance": g.stability_chance, **_recovery_columns(g),
                "failed": g.failed, "unfinished": g.unfinished, **{f"variant/{k}": v for k, v in g.variant.items()}}
         for name, (mean, std) in g.metrics.items():
             row |= {f"metric/{name}/mean": mean, f"metric/{name}/std": std}
         summary_rows.append(row)
     summary_header = ["task", "method", "label", "n", "seeds", "main_metric", "score_mean", "score_std",
                       *(f"metric/{k}/{stat}" for k in names for stat in ("mean", "std")), "majority_baseline",
-                      "trainable_params", "effective_params", "wall_s_median", "selection_stability", "failed",
+                      "trainable_params", "effective_params", "wall_s_median", "selection_stability",
+                      "jaccard_chance", *(RECOVERY_HEADER if any(g.recovery for g in summaries) else []), "failed",
                       "unfinished", *(f"variant/{k}" for k in keys)]
-    (out / "summary.md").write_text(to_markdown(summaries))
-    return {"runs_csv": _write_csv(out / "runs.csv", run_header, run_rows),
-            "summary_csv": _write_csv(out / "summary.csv", summary_header, summary_rows),
-            "summary_md": out / "summary.md"}
+    (out / "summary.md").write_text(to_markdown(summaries, paired))
+    paths = {"runs_csv": _write_csv(out / "runs.csv", run_header, run_rows),
+             "summary_csv": _write_csv(out / "summary.csv", summary_header, summary_rows),
+             "summary_md": out / "summary.md"}
+    if paired is not None:
+        mains = {(g.task, g.method, g.label): g.main_metric for g in summaries}
+        paths["paired_csv"] = _write_csv(out / "paired.csv", PAIRED_HEADER,
+                                         [_paired_row(c, mains) for c in paired.comparisons])
+    return paths
 
 
 def plot_summary(summaries: Sequence[GroupSummary], path: str | Path) -> Path:

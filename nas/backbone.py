@@ -11,6 +11,7 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
@@ -71,13 +72,17 @@ def head_parameter_names(model: nn.Module, head_modules: list[str] | None, missi
     return head
 
 
-def load_backbone(name_or_path: str, num_labels: int, head_modules: list[str] | None = None) -> Backbone:
-    """Tokenizer and ``AutoModelForSequenceClassification`` with ``num_labels`` outputs (1 = regression)."""
+def load_backbone(name_or_path: str, num_labels: int, head_modules: list[str] | None = None,
+                  dropout: float | None = None) -> Backbone:
+    """Tokenizer and ``AutoModelForSequenceClassification`` with ``num_labels`` outputs (1 = regression).
+
+    ``dropout`` (None: the checkpoint's) sets p of every ``nn.Dropout`` in the model; models whose attention
+    reads its dropout module's p (BERT) follow it there too."""
     path = resolve_model_path(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model, info = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=num_labels, output_loading_info=True
+        model, info = AutoModelForSequenceClassification.from_pretrained(  # fp32 weights, whatever was saved
+            path, num_labels=num_labels, output_loading_info=True, dtype=torch.float32
         )
     except OSError as error:
         raise ConfigError(
@@ -88,5 +93,9 @@ def load_backbone(name_or_path: str, num_labels: int, head_modules: list[str] | 
         tokenizer.pad_token = tokenizer.eos_token
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    if dropout is not None:
+        for module in model.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = float(dropout)
     missing = set(info.get("missing_keys", ()))
     return Backbone(model, tokenizer, head_parameter_names(model, head_modules, missing), path)

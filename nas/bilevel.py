@@ -1,7 +1,9 @@
 """The alternating bilevel search step: an α-step on an α-split batch, then a w-step on a w-split batch.
 
-The α-step applies whichever hypergradient method it is given; the w-step is plain gradient descent on
-L_w(w, α) over the inner variables only. The two optimizers share no parameter (checked on creation).
+The α-step applies whichever hypergradient method it is given; the w-step is one w-optimizer step along
+∇_w L_w(w, α) (clipped to global norm ``grad_clip``) over the inner variables only. The two optimizers share
+no parameter (checked on creation). A second-order hypergradient that unrolls "the optimizer's own step"
+predicts exactly this w-step when its virtual step is ``optimizer_virtual_step(w_optimizer, inner, grad_clip)``.
 """
 
 from __future__ import annotations

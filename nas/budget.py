@@ -1,40 +1,26 @@
 """Matched budgets: solve each method's size knob (rank, ratio) so its adapter parameters meet one target.
 
-Costs count adapter parameters only (the task head is the same for every method):
+Costs count adapter parameters only (the task head is the same for every method) and come from the one price
+list, :func:`nas.cost.module_cost`: LoRA r·(in + out), SoRA and AdaLoRA r·(in + out + 1), PRoLoRA
+(r − u)(⌈in/m⌉ + ⌈out/n⌉) + u(in + out), per module, summed by :func:`nas.cost.space_cost`.
 
-* LoRA at rank r on modules M:      r · Σ_{m∈M} (in_m + out_m)
-* AdaLoRA (P Λ Q) at final rank r:  r · Σ (in_m + out_m + 1)
-* SoRA at r_max (before pruning):   r · Σ (in_m + out_m + 1)
-* PRoLoRA (rank r, m, n, u):        Σ (r − u)(⌈in_m/m⌉ + ⌈out_m/n⌉) + u (in_m + out_m)
-
-The default target is DiffoRA's: ρ · (LoRA at ``space.rank`` on every candidate).
+The default target is DiffoRA's: ρ · (``space.operator`` at ``space.rank`` on every candidate).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from omegaconf import DictConfig
 
+from nas.cost import space_cost
 from nas.errors import ConfigError
-from nas.prolora import prolora_param_count
-from search_spaces.candidate import Candidate
 from search_spaces.space import SearchSpace
 
 
-def lora_params(candidates: Iterable[Candidate], rank: int, per_rank_extra: int = 0) -> int:
-    """r · Σ (in + out + extra) over ``candidates``."""
-    return sum(rank * (c.in_features + c.out_features + per_rank_extra) for c in candidates)
-
-
-def prolora_params(candidates: Iterable[Candidate], rank: int, sharing_in: int, sharing_out: int,
-                   unshared_rank: int) -> int:
-    return sum(prolora_param_count(c.in_features, c.out_features, rank, sharing_in, sharing_out, unshared_rank)
-               for c in candidates)
-
-
 def resolve_target(cfg: DictConfig, space: SearchSpace) -> int | None:
-    """``budget.target_params`` if set; with ``budget.match`` and no target, ρ·(LoRA at space.rank on all)."""
+    """``budget.target_params`` if set; with ``budget.match`` and no target, ρ·(space.operator at space.rank on
+    all candidates, priced with space.operator_args)."""
     if cfg.budget.target_params is not None:
         target = int(cfg.budget.target_params)
         if target <= 0:
@@ -42,7 +28,19 @@ def resolve_target(cfg: DictConfig, space: SearchSpace) -> int | None:
         return target
     if not cfg.budget.match:
         return None
-    return round(cfg.discretizer.rho * lora_params(space, int(cfg.space.rank)))
+    full = space_cost(space, str(cfg.space.operator), int(cfg.space.rank), cfg.space.operator_args)
+    return round(cfg.discretizer.rho * full)
+
+
+def resolve_rank(explicit: int | None, target: int | None, cost: Callable[[int], int], method: str, default: int,
+                 smallest: int = 1) -> int:
+    """A baseline's rank: ``explicit`` (its ``method.rank``) when set; else, with a budget ``target``, the rank
+    whose ``cost`` is closest to it (:func:`solve_rank`); else ``default`` (``space.rank``)."""
+    if explicit is not None:
+        return int(explicit)
+    if target is not None:
+        return solve_rank(target, cost, method, smallest=smallest)
+    return int(default)
 
 
 def solve_rank(target: int, cost: Callable[[int], int], method: str, smallest: int = 1,

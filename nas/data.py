@@ -4,12 +4,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from datasets import Dataset
+from datasets import Dataset, Value
+from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from nas.errors import ConfigError
-from objectives import GlueTask, load_glue, tokenize_glue
+from objectives import GlueTask, get_task, load_glue, tokenize_glue
+from objectives.planted import (
+    PlantedSpec,
+    agreement,
+    model_outputs,
+    plant_deltas,
+    planted_modules,
+    standardize_head,
+    targets_from,
+    teacher_outputs,
+)
 from objectives.splits import subsample_indices
+from search_spaces.space import SearchSpace
 
 
 @dataclass
@@ -33,3 +45,49 @@ def prepare_data(task: GlueTask, data_dir: str | None, tokenizer: PreTrainedToke
     train = train.select(subsample_indices(train["labels"], max_train, seed, stratify))
     dev = dev.select(subsample_indices(dev["labels"], max_eval, seed, stratify))
     return TaskData(task, train, dev)
+
+
+@dataclass
+class PlantedTruth:
+    """The planted set S and how much of the targets the untouched student already predicts."""
+
+    spec: PlantedSpec
+    modules: list[str]
+    base_agreement: float  # dev: Pearson r of student-at-init vs teacher outputs, or equal-class fraction
+
+
+def prepare_planted_data(spec: PlantedSpec, model: nn.Module, head_names: list[str],
+                         tokenizer: PreTrainedTokenizerBase, space: SearchSpace, data_dir: str | None,
+                         max_length: int, device: str,
+                         cache_dir: str | None = None, seed: int = 0, max_train: int | None = None,
+                         max_eval: int | None = None) -> tuple[TaskData, PlantedTruth]:
+    """The source task's sentences, labelled by the teacher (``model`` with ΔW planted on S).
+
+    ``model`` must be the student exactly as it starts (same backbone, same head): the teacher borrows it for
+    one pass and the backbone weights are restored bit for bit. The head (``head_names``: its weight and bias) is
+    first standardized, for teacher and student alike (:func:`objectives.planted.standardize_head`), so that the
+    targets have unit scale. Subsampling is stratified on the source labels.
+    """
+    try:
+        task = spec.task()
+        modules = planted_modules(space, spec)
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+    source = prepare_data(get_task(spec.source), data_dir, tokenizer, max_length, cache_dir, seed,
+                          max_train, max_eval)
+    model.to(device)
+    deltas = plant_deltas(model, modules, spec.size, spec.rank, spec.seed)
+    outputs = {split: teacher_outputs(model, deltas, dataset, tokenizer, device)
+               for split, dataset in (("train", source.train), ("dev", source.dev))}
+    rescale = standardize_head(model, head_names, outputs["train"], spec.target)
+    outputs = {split: rescale(values) for split, values in outputs.items()}
+    splits = {split: relabel(dataset, targets_from(outputs[split], spec.target), task)
+              for split, dataset in (("train", source.train), ("dev", source.dev))}
+    base = agreement(model_outputs(model, source.dev, tokenizer, device), outputs["dev"], spec.target)
+    return TaskData(task, splits["train"], splits["dev"]), PlantedTruth(spec, modules, base)
+
+
+def relabel(dataset: Dataset, labels: list, task: GlueTask) -> Dataset:
+    """``dataset`` with its ``labels`` column replaced (float32 for regression, int64 for classes)."""
+    kind = "float32" if task.is_regression else "int64"
+    return dataset.remove_columns("labels").add_column("labels", labels).cast_column("labels", Value(kind))

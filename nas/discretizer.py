@@ -6,7 +6,8 @@ selected candidate names in search-space order. Register new ones with ``@DISCRE
 Factories take their own parameters as keyword arguments and end in ``**_: object`` so that the pipeline
 can pass one common set (``rho``, ``rank``, ``target_params``, ...) to whichever discretizer is chosen; each
 factory validates the parameters it uses and raises :class:`~nas.errors.ConfigError` naming the fix.
-Ties in any ranking go to the module that comes earlier in search-space order.
+Ties in any ranking go to the module that comes earlier in search-space order. A non-finite score (the
+search diverged) is a ValueError naming the modules, never sorted.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
+from nas.cost import pricer
 from nas.errors import ConfigError
 from nas.registry import Registry
-from search_spaces.candidate import Candidate
 from search_spaces.space import SearchSpace
 
 
@@ -26,17 +28,13 @@ class DiscretizeInput:
     """What a discretizer sees.
 
     Attributes:
-        scores: relaxed weight γ per candidate name.
+        scores: score per candidate name (the relaxed weight γ, or a selection criterion's score); higher is
+            better, and every score must be finite.
         space: the search space (candidate order, layers, feature widths).
-        removal_score: score of the supernet on the α-split with the named module's branch removed (γ = 0),
-            higher is better (e.g. negative loss or accuracy); only the search pipeline can provide it.
-        base_score: the same score with every branch in place.
     """
 
     scores: Mapping[str, float]
     space: SearchSpace
-    removal_score: Callable[[str], float] | None = None
-    base_score: float | None = None
 
 
 Discretizer = Callable[[DiscretizeInput], list[str]]
@@ -57,9 +55,25 @@ def top_k(scores: Mapping[str, float], order: list[str], k: int) -> list[str]:
     return sorted(best, key=rank.__getitem__)
 
 
-def lora_params(candidate: Candidate, rank: int) -> int:
-    """Trainable parameters of a rank-r LoRA on a linear map in → out: r·(in + out)."""
-    return rank * (candidate.in_features + candidate.out_features)
+DIVERGED_HINT = ("the search diverged (or the criterion that scored it did); lower bilevel.alpha_optimizer.lr "
+                 "(or bilevel.w_optimizer.lr) and keep bilevel.grad_clip on; the search's non-finite checks "
+                 "name the first step that went wrong")
+
+
+def finite_scores(scores: Mapping[str, float], names: list[str], what: str = "score") -> dict[str, float]:
+    """``scores`` of ``names`` as floats; a missing name is a ValueError, and so is a NaN or ±inf score (naming
+    the modules and saying that the search diverged)."""
+    missing = [name for name in names if name not in scores]
+    if missing:
+        raise ValueError(f"no {what} for {len(missing)} module(s), e.g. {missing[:3]}; the scores must cover "
+                         f"every candidate of the search space")
+    values = {name: float(scores[name]) for name in names}
+    bad = [name for name, value in values.items() if not math.isfinite(value)]
+    if bad:
+        shown = ", ".join(f"{name}={values[name]}" for name in bad[:5])
+        raise ValueError(f"non-finite {what} for {len(bad)} of {len(names)} module(s) ({shown}"
+                         f"{', ...' if len(bad) > 5 else ''}): {DIVERGED_HINT}")
+    return values
 
 
 # --- parameter checks -------------------------------------------------------------------------------------------
@@ -90,7 +104,7 @@ def global_topk(rho: float = 0.5, **_: object) -> Discretizer:
 
     def discretize(inputs: DiscretizeInput) -> list[str]:
         names = list(inputs.space.names)
-        return top_k(inputs.scores, names, keep_count(rho, len(names)))
+        return top_k(finite_scores(inputs.scores, names), names, keep_count(rho, len(names)))
 
     return discretize
 
@@ -114,10 +128,11 @@ def per_layer_topk(rho: float | None = None, k: int | None = None, **_: object) 
             return keep_count(fraction, n)
 
     def discretize(inputs: DiscretizeInput) -> list[str]:
+        scores = finite_scores(inputs.scores, list(inputs.space.names))
         by_layer: dict[int, list[str]] = {}
         for candidate in inputs.space:
             by_layer.setdefault(candidate.layer, []).append(candidate.name)
-        kept = {name for names in by_layer.values() for name in top_k(inputs.scores, names, count(len(names)))}
+        kept = {name for names in by_layer.values() for name in top_k(scores, names, count(len(names)))}
         return [name for name in inputs.space.names if name in kept]
 
     return discretize
@@ -136,27 +151,30 @@ def threshold(threshold: float = 0.5, min_keep: int = 1, **_: object) -> Discret
 
     def discretize(inputs: DiscretizeInput) -> list[str]:
         names = list(inputs.space.names)
-        passed = [name for name in names if inputs.scores[name] > cut]
+        scores = finite_scores(inputs.scores, names)
+        passed = [name for name in names if scores[name] > cut]
         if len(passed) >= floor:
             return passed
-        return top_k(inputs.scores, names, min(floor, len(names)))
+        return top_k(scores, names, min(floor, len(names)))
 
     return discretize
 
 
 @DISCRETIZERS.register("param_budget")
 def param_budget(rank: int | None = None, target_params: float | None = None, rho: float = 0.5,
-                 **_: object) -> Discretizer:
+                 operator: str = "lora", operator_args: Mapping[str, Any] | None = None, **_: object) -> Discretizer:
     """Keep modules by relaxed weight until a trainable-parameter budget B is spent.
 
-    cost(m) = r·(in_m + out_m);  B = target_params, or ⌊ρ·Σ_m cost(m)⌋ when target_params is None.
+    cost(m) = :func:`nas.cost.module_cost` of ``operator``'s rank-r branch on m (LoRA: r·(in_m + out_m));
+    B = target_params, or ⌊ρ·Σ_m cost(m)⌋ when target_params is None.
     Greedy (a knapsack approximation, not the optimum): walk the modules by descending γ (ties → earlier) and
     add each one whose cost still fits in what is left of B. The result never exceeds B; with equal costs c it
     holds exactly min(N, ⌊B/c⌋) modules. If even the cheapest module costs more than B: ConfigError.
     """
     if rank is None:
-        raise ConfigError("param_budget needs the LoRA rank to cost modules; pass discretizer.rank (= space.rank)")
+        raise ConfigError("param_budget needs the adapter rank to cost modules; pass discretizer.rank (= space.rank)")
     r = _positive_int(rank, "rank", 8)
+    price = pricer(str(operator), r, operator_args)  # checks the operator and its options now
     if target_params is not None:
         budget = _number(target_params, "target_params")
         if budget <= 0:
@@ -167,51 +185,22 @@ def param_budget(rank: int | None = None, target_params: float | None = None, rh
 
     def discretize(inputs: DiscretizeInput) -> list[str]:
         names = list(inputs.space.names)
-        costs = {c.name: lora_params(c, r) for c in inputs.space}
+        scores = finite_scores(inputs.scores, names)
+        costs = {c.name: price(c) for c in inputs.space}
         limit = budget if fraction is None else math.floor(round(fraction * sum(costs.values()), 6))
         cheapest = min(costs.values())
         if cheapest > limit:
             raise ConfigError(
-                f"parameter budget {limit:g} is below the cheapest module's LoRA ({cheapest} parameters at rank {r}); "
-                f"raise discretizer.target_params (or rho) to at least {cheapest}"
+                f"parameter budget {limit:g} is below the cheapest module's {operator} branch ({cheapest} parameters "
+                f"at rank {r}); raise discretizer.target_params (or rho) to at least {cheapest}"
             )
         position = {name: i for i, name in enumerate(names)}
         used, kept = 0, set()
-        for name in sorted(names, key=lambda n: (-inputs.scores[n], position[n])):
+        for name in sorted(names, key=lambda n: (-scores[n], position[n])):
             if used + costs[name] <= limit:
                 used += costs[name]
                 kept.add(name)
         return [name for name in names if name in kept]
-
-    return discretize
-
-
-def removal_drops(inputs: DiscretizeInput) -> dict[str, float]:
-    """drop(m) = base_score − removal_score(m): how much the α-split score falls when m's branch is removed."""
-    if inputs.removal_score is None or inputs.base_score is None:
-        raise ConfigError(
-            "perturbation needs the supernet (removal_score and base_score); it is only available in the "
-            "search pipeline. Use discretizer=global_topk otherwise."
-        )
-    drops = {name: float(inputs.base_score) - float(inputs.removal_score(name)) for name in inputs.space.names}
-    bad = [name for name, drop in drops.items() if not math.isfinite(drop)]
-    if bad:
-        raise ValueError(f"perturbation: non-finite score drop for {bad[:3]} (base {inputs.base_score})")
-    return drops
-
-
-@DISCRETIZERS.register("perturbation")
-def perturbation(rho: float = 0.5, **_: object) -> Discretizer:
-    """Perturbation-based selection (DARTS-PT, Wang et al. 2021), one shot, without re-tuning.
-
-    importance(m) = base_score − removal_score(m): how much the α-split score of the trained supernet drops
-    when m's branch is removed (γ_m = 0). Keep the top-⌈ρ·N⌉ by importance (ties → earlier); γ is not used.
-    """
-    rho = _check_rho(rho)
-
-    def discretize(inputs: DiscretizeInput) -> list[str]:
-        names = list(inputs.space.names)
-        return top_k(removal_drops(inputs), names, keep_count(rho, len(names)))
 
     return discretize
 

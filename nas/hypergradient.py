@@ -2,9 +2,9 @@
 
 Every method is a pure function with one signature, ``(problem, w_batch, alpha_batch) -> Hypergradient``,
 kept in :data:`HYPERGRADIENTS`; the search loop never knows which one it runs. A method that needs the
-weights at another point (the unrolled w′ = w − ξ∇_w L_w) evaluates the loss there through
-:meth:`BilevelProblem.loss` with ``weights=...``, which uses ``torch.func.functional_call`` — the model
-is never copied.
+weights at another point (the unrolled w′ = w + Δ(∇_w L_w), Δ the inner optimizer's virtual step, see
+:mod:`nas.virtual_step`) evaluates the loss there through :meth:`BilevelProblem.loss` with ``weights=...``,
+which uses ``torch.func.functional_call`` — the model is never copied.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from torch import nn
 from torch.func import functional_call
 
 from nas.registry import Registry
+from nas.virtual_step import VirtualStep, sgd_virtual_step
 
 Batch = Mapping[str, torch.Tensor]
 LossFn = Callable[[Any, Batch], torch.Tensor]  # (model outputs, batch) -> scalar loss
@@ -25,13 +26,28 @@ LossFn = Callable[[Any, Batch], torch.Tensor]  # (model outputs, batch) -> scala
 
 @dataclass
 class BilevelProblem:
-    """What a hypergradient method may use: the supernet, its loss, w (inner) and α (outer), and ξ."""
+    """What a hypergradient method may use: the supernet, its loss, w (inner) and α (outer), and the inner step.
+
+    ``virtual_step`` maps the gradients ∇_w L_w (aligned with ``inner``) to the update Δ of one inner step,
+    w′ = w + Δ: the w-optimizer's own step (:func:`~nas.virtual_step.optimizer_virtual_step`) or DARTS' explicit
+    w′ = w − ξ∇_w L_w (:func:`~nas.virtual_step.sgd_virtual_step`). When it is None, ``inner_lr`` is that ξ.
+    """
 
     model: nn.Module
     loss_fn: LossFn
     inner: dict[str, nn.Parameter]
     outer: dict[str, nn.Parameter]
-    inner_lr: float
+    inner_lr: float | None = None
+    virtual_step: VirtualStep | None = None
+
+    def inner_step(self) -> VirtualStep:
+        """``virtual_step``, or the SGD step w′ = w − ξ∇_w L_w with ξ = ``inner_lr``."""
+        if self.virtual_step is not None:
+            return self.virtual_step
+        if self.inner_lr is None:
+            raise ValueError("the unrolled hypergradient needs the inner step: give BilevelProblem "
+                             "virtual_step=optimizer_virtual_step(w_optimizer, list(inner.values())) or inner_lr=ξ")
+        return sgd_virtual_step(self.inner_lr)
 
     def loss(self, batch: Batch, weights: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
         """L(w, α) on ``batch``; with ``weights`` the inner variables are replaced by those tensors."""
@@ -89,40 +105,53 @@ def _grads_or_zeros(loss: torch.Tensor, inputs: list[torch.Tensor]) -> list[torc
 
 @HYPERGRADIENTS.register("second_order")
 def second_order(problem: BilevelProblem, w_batch: Batch, alpha_batch: Batch) -> Hypergradient:
-    """DARTS unrolled hypergradient with a central finite difference for the mixed second derivative:
+    """Unrolled hypergradient through one virtual inner step, with a central finite difference:
 
-        w′ = w − ξ∇_w L_w(w, α),   v = ∇_{w′} L_α(w′, α),   ε = 0.01 / ‖v‖,   w± = w ± εv,
-        g  = ∇_α L_α(w′, α) − ξ · [∇_α L_w(w⁺, α) − ∇_α L_w(w⁻, α)] / (2ε).
+        g = ∇_w L_w(w, α),   w′ = w + Δ(g),   D = ∂Δ/∂g (diagonal),   v = ∇_{w′} L_α(w′, α),
+        u = D v,   ε = 0.01 / ‖u‖,   w± = w ± εu,
+        ∇_α L_α(w′(α), α) ≈ ∇_α L_α(w′, α) + [∇_α L_w(w⁺, α) − ∇_α L_w(w⁻, α)] / (2ε).
+
+    Derivation: w′ depends on α through g, dw′/dα = D ∂g/∂α with ∂g/∂α = ∇²_{wα} L_w, so the chain rule adds
+    (∂g/∂α)ᵀ D v = ∇_α ⟨∇_w L_w(w, α), u⟩ = ∇²_{αw} L_w · u, the directional derivative of ∇_α L_w along u,
+    which the central difference approximates (error O(ε²), perturbation ‖w± − w‖ = 0.01). With DARTS' step
+    Δ = −ξg, D = −ξ and this is DARTS' g = ∇_α L_α(w′) − ξ[∇_α L_w(w + εv) − ∇_α L_w(w − εv)]/(2ε). For Adam(W)
+    D is the exact diagonal Jacobian of the step (Adam is elementwise; see :mod:`nas.virtual_step`), so the
+    result is the unrolled gradient through the real inner update, up to the finite difference and the clip
+    factor, which is held constant.
 
     w′ is detached from w (and from α); w′ and w± replace only the inner variables, through
-    ``problem.loss(weights=...)``; no parameter is copied or modified. The three L_w evaluations replay
-    the same random draws (dropout, stochastic relaxations) so that the finite difference sees one
-    function; afterwards the random streams are where two forwards (L_w, L_α) would have left them.
+    ``problem.loss(weights=...)``; no parameter, and no optimizer state, is copied or modified. The three L_w
+    evaluations replay the same random draws (dropout, stochastic relaxations) so that the finite difference
+    sees one function; afterwards the random streams are where two forwards (L_w, L_α) would have left them.
     """
     names = list(problem.inner)
     w = [problem.inner[n].detach() for n in names]
     outer = list(problem.outer.values())
-    xi = problem.inner_lr
+    step = problem.inner_step()
 
     replay = _RandomState(problem.model)
     grads_w = _grads_or_zeros(problem.loss(w_batch), [problem.inner[n] for n in names])
-    w_prime = [(p - xi * g).requires_grad_(True) for p, g in zip(w, grads_w, strict=True)]
-    del grads_w
+    with torch.no_grad():
+        delta, jacobian = step.linearize(grads_w)
+    w_prime = [(p + d).requires_grad_(True) for p, d in zip(w, delta, strict=True)]
+    del grads_w, delta
 
     alpha_loss = problem.loss(alpha_batch, weights=dict(zip(names, w_prime, strict=True)))
     grads = _grads_or_zeros(alpha_loss, outer + w_prime)
     grads_alpha, v = grads[:len(outer)], grads[len(outer):]
     after = _RandomState(problem.model)
 
-    norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in v])))
-    if xi != 0.0 and norm != 0.0:  # v = 0: the correction is 0; a NaN norm propagates
+    u = [d * g for d, g in zip(jacobian, v, strict=True)]
+    del jacobian, v
+    norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in u])))
+    if norm != 0.0:  # u = 0 (ξ = 0, or v = 0): the correction is 0; a NaN norm propagates
         eps = 0.01 / norm
         finite_difference = []
         for sign in (1.0, -1.0):
             replay.restore()
-            shifted = {n: p + sign * eps * d for n, p, d in zip(names, w, v, strict=True)}
+            shifted = {n: p + sign * eps * d for n, p, d in zip(names, w, u, strict=True)}
             finite_difference.append(_grads_or_zeros(problem.loss(w_batch, weights=shifted), outer))
-        grads_alpha = [g - xi * (plus - minus) / (2.0 * eps)
+        grads_alpha = [g + (plus - minus) / (2.0 * eps)
                        for g, plus, minus in zip(grads_alpha, *finite_difference, strict=True)]
         after.restore()
     return Hypergradient(grads=grads_alpha, alpha_loss=float(alpha_loss.detach()))

@@ -60,18 +60,30 @@ class LoRABranch(nn.Module):
         return (self.dropout(x) @ self.lora_A.T) @ self.lora_B.T * self.scaling
 
 
+COMMON_ARGS = ("self", "in_features", "out_features", "rank", "alpha", "dropout")
+
+
+def operator_options(name: str, operator_args: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The operator's own options: its constructor defaults updated with ``operator_args``.
+
+    An option the operator does not take is a ConfigError that lists the accepted ones.
+    """
+    parameters = {n: p for n, p in inspect.signature(OPERATORS.get(name).__init__).parameters.items()
+                  if n not in COMMON_ARGS}
+    extra = dict(operator_args or {})
+    unknown = sorted(set(extra) - set(parameters))
+    if unknown:
+        raise ConfigError(f"space.operator_args has {', '.join(unknown)}, which operator '{name}' does not take; "
+                          f"it accepts: {', '.join(parameters) or 'no options'}")
+    defaults = {n: p.default for n, p in parameters.items() if p.default is not inspect.Parameter.empty}
+    return {**defaults, **extra}
+
+
 def build_operator(name: str, in_features: int, out_features: int, rank: int, alpha: float,
                    dropout: float, operator_args: Mapping[str, Any] | None = None) -> nn.Module:
     """``OPERATORS[name](in, out, rank=, alpha=, dropout=, **operator_args)``; unknown options are a ConfigError."""
-    cls = OPERATORS.get(name)
-    extra = dict(operator_args or {})
-    accepted = [p for p in inspect.signature(cls.__init__).parameters
-                if p not in ("self", "in_features", "out_features", "rank", "alpha", "dropout")]
-    unknown = sorted(set(extra) - set(accepted))
-    if unknown:
-        raise ConfigError(f"space.operator_args has {', '.join(unknown)}, which operator '{name}' does not take; "
-                          f"it accepts: {', '.join(accepted) or 'no options'}")
-    return cls(in_features, out_features, rank=rank, alpha=alpha, dropout=dropout, **extra)
+    options = operator_options(name, operator_args)
+    return OPERATORS.get(name)(in_features, out_features, rank=rank, alpha=alpha, dropout=dropout, **options)
 
 
 class AdaptedLinear(nn.Module):

@@ -16,13 +16,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from nas.backbone import load_backbone
 from nas.budget import describe, resolve_target
-from nas.data import prepare_data
+from nas.data import prepare_data, prepare_planted_data
 from nas.errors import ConfigError
 from nas.logger import Logger
 from nas.methods import METHODS, MethodContext, Prepared
 from nas.outputs import seed_everything, write_json
 from nas.training import count_parameters, evaluate, finetune, make_loader
 from objectives import get_task, majority_baseline
+from objectives.planted import PlantedSpec, recovery
 from search_spaces.space import build_search_space
 
 
@@ -35,18 +36,39 @@ def parameter_counts(prepared: Prepared) -> dict[str, int]:
             "total_params": count_parameters(prepared.model, trainable_only=False)}
 
 
+def planted_spec(task_cfg: DictConfig) -> PlantedSpec:
+    """The typed planted-task settings of ``task=planted``; bad values are a ConfigError naming the fix."""
+    try:
+        return PlantedSpec(source=task_cfg.source, pattern=task_cfg.pattern, k=int(task_cfg.k),
+                           module_types=None if task_cfg.module_types is None else tuple(task_cfg.module_types),
+                           layers=None if task_cfg.layers is None else tuple(task_cfg.layers),
+                           size=float(task_cfg.size), rank=int(task_cfg.rank), target=task_cfg.target,
+                           seed=int(task_cfg.planted_seed))
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+
+
 def run_pipeline(cfg: DictConfig, run_dir: Path, logger: Logger) -> dict[str, Any]:
     """The whole run of ``cfg.method.name``; returns the content of ``metrics.json``."""
     total_start = time.perf_counter()
     seed_everything(cfg.seed)
-    task = get_task(cfg.task.name)
-    backbone = load_backbone(cfg.model.name_or_path, task.num_labels, cfg.model.head_modules)
-    data = prepare_data(task, cfg.task.data_dir, backbone.tokenizer, cfg.task.max_length, cfg.paths.cache_dir,
-                        cfg.seed, cfg.task.max_train_samples, cfg.task.max_eval_samples)
+    planted = cfg.task.name == "planted"
+    num_labels = planted_spec(cfg.task).task().num_labels if planted else get_task(cfg.task.name).num_labels
+    backbone = load_backbone(cfg.model.name_or_path, num_labels, cfg.model.head_modules, cfg.model.dropout)
     try:
         space = build_search_space(backbone.model, cfg.space.preset, cfg.space.module_types, cfg.space.layers)
     except (ValueError, TypeError) as error:
         raise ConfigError(f"space: {error}") from error
+    truth = None
+    if planted:
+        data, truth = prepare_planted_data(planted_spec(cfg.task), backbone.model, backbone.head_names,
+                                           backbone.tokenizer, space, cfg.task.data_dir, cfg.task.max_length,
+                                           cfg.device, cfg.paths.cache_dir, cfg.seed, cfg.task.max_train_samples,
+                                           cfg.task.max_eval_samples)
+    else:
+        data = prepare_data(get_task(cfg.task.name), cfg.task.data_dir, backbone.tokenizer, cfg.task.max_length,
+                            cfg.paths.cache_dir, cfg.seed, cfg.task.max_train_samples, cfg.task.max_eval_samples)
+    task = data.task
     method = METHODS.get(cfg.method.name)()
     ctx = MethodContext(cfg=cfg, data=data, space=space, run_dir=run_dir, logger=logger,
                         budget_target=resolve_target(cfg, space) if method.has_budget else None)
@@ -68,7 +90,8 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, logger: Logger) -> dict[str, An
     dev_loader = make_loader(data.dev, backbone.tokenizer, cfg.retrain.eval_batch_size, False, cfg.seed)
     metrics = evaluate(prepared.model, dev_loader, task, cfg.device)
     result = {
-        "task": task.name, "method": cfg.method.name, "seed": cfg.seed, "metrics": metrics,
+        "task": truth.spec.label if truth is not None else task.name, "method": cfg.method.name, "seed": cfg.seed,
+        "metrics": metrics,
         "main_metric": task.main_metric, "score": metrics[task.main_metric],
         "majority_baseline": majority_baseline(task, data.train["labels"], data.dev["labels"]),
         **counts, **describe(ctx.budget_target, counts["effective_params"]),
@@ -81,6 +104,11 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, logger: Logger) -> dict[str, An
         "method_config": OmegaConf.to_container(cfg.method, resolve=True),
         **extra,
     }
+    if truth is not None:
+        result["recovery"] = recovery(prepared.selected, truth.modules, list(space.names), prepared.scores,
+                                      prepared.criterion)
+        result["planted"] = {"modules": truth.modules, "base_agreement": truth.base_agreement,
+                             **OmegaConf.to_container(cfg.task, resolve=True)}
     logger.summary({f"dev/{k}": v for k, v in metrics.items()} | {"trainable_params": counts["trainable_params"]})
     write_json(run_dir / "metrics.json", result)
     return result

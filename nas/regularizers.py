@@ -12,12 +12,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from nas.discretizer import lora_params
+from nas.cost import pricer
 from nas.errors import ConfigError
 from nas.registry import Registry
 from search_spaces.space import SearchSpace
@@ -31,7 +32,8 @@ class RegularizerContext:
 
     Attributes:
         mask: bool (layers, types), True on cells that hold a candidate.
-        cell_params: float (layers, types), LoRA parameters r·(in + out) of each cell; 0 on empty cells.
+        cell_params: float (layers, types), trainable parameters of each cell's branch
+            (:func:`nas.cost.module_cost`: r·(in + out) for LoRA); 0 on empty cells.
         logits: the raw DAM logits Γ, (layers, types) or (layers, types, k); needed by ``beta_decay`` only.
         target_fraction: ρ, the fraction of modules the discretizer will keep.
         target_params: parameter budget; None means "count modules, target ρ·N".
@@ -47,9 +49,11 @@ class RegularizerContext:
 
     @classmethod
     def from_space(cls, space: SearchSpace, rank: int, logits: Tensor | None = None, target_fraction: float = 0.5,
-                   target_params: float | None = None, progress: float = 0.0) -> RegularizerContext:
-        """Context for ``space`` with rank-``rank`` LoRAs (mask and costs on the device of ``logits``)."""
-        mask, params = cell_mask(space), cell_param_matrix(space, rank)
+                   target_params: float | None = None, progress: float = 0.0, operator: str = "lora",
+                   operator_args: Mapping[str, Any] | None = None) -> RegularizerContext:
+        """Context for ``space`` with rank-``rank`` ``operator`` branches (mask and costs on the device of
+        ``logits``)."""
+        mask, params = cell_mask(space), cell_param_matrix(space, rank, operator, operator_args)
         if logits is not None:
             mask, params = mask.to(logits.device), params.to(logits.device)
         return cls(mask, params, logits, target_fraction, target_params, progress)
@@ -67,11 +71,14 @@ def cell_mask(space: SearchSpace) -> Tensor:
     return mask
 
 
-def cell_param_matrix(space: SearchSpace, rank: int) -> Tensor:
-    """Float (layers, types): r·(in + out) per candidate cell, 0 on empty cells."""
+def cell_param_matrix(space: SearchSpace, rank: int, operator: str = "lora",
+                      operator_args: Mapping[str, Any] | None = None) -> Tensor:
+    """Float (layers, types): module_cost(candidate, operator, rank, operator_args) per candidate cell (LoRA:
+    r·(in + out)), 0 on empty cells."""
+    price = pricer(operator, rank, operator_args)
     params = torch.zeros(space.shape, dtype=torch.float32)
     for candidate in space:
-        params[space.coordinate(candidate.name)] = float(lora_params(candidate, rank))
+        params[space.coordinate(candidate.name)] = float(price(candidate))
     return params
 
 

@@ -5,7 +5,8 @@ cell's LoRA branch. Register new ones with ``@RELAXATIONS.register(name)``; the 
 ``relaxation/<name>.yaml`` selects them. Stochastic relaxations (``stochastic = True``) sample γ in
 training mode, from ``generator`` when one is given (else from torch's global generator), and are
 deterministic in evaluation mode. The search loop calls :meth:`Relaxation.set_progress` each step with
-``step / steps`` so that a relaxation can anneal its temperature.
+``step / steps`` so that a relaxation can anneal its temperature. :meth:`Relaxation.expected_gate` is E[γ]
+under the training distribution, the constant that stands for the sampled gates once the search is over.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ class Relaxation:
 
     logits_per_cell: int = 1
     stochastic: bool = False  # True: weights(training=True) samples
+    mc_samples: int = 4096  # Monte-Carlo draws of expected_gate (stochastic relaxations)
+    mc_seed: int = 0  # seed of the generator of those draws
 
     def __init__(self, init_mean: float = 0.0, init_std: float = 1e-3,
                  generator: torch.Generator | None = None) -> None:
@@ -47,6 +50,31 @@ class Relaxation:
     def expected_keep(self, logits: torch.Tensor) -> torch.Tensor:
         """P(module keeps its LoRA), shape (layers, types); by default the evaluation-mode weights."""
         return self.weights(logits, training=False)
+
+    def ranking_scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """What the ``dam`` criterion ranks (layers × types): by default the evaluation-mode weights."""
+        return self.weights(logits, training=False)
+
+    def expected_gate(self, logits: torch.Tensor) -> torch.Tensor:
+        """E[γ] under the training distribution at the current progress (temperature), shape (layers, types).
+
+        Deterministic relaxations: their weights (training and evaluation give the same γ). Stochastic ones:
+        Ê[γ] = (1/S) Σ_s γ_s over S = ``mc_samples`` (4096) draws of ``weights(training=True)``, all drawn at
+        once from a fresh generator seeded with ``mc_seed``, so the value is reproducible and the relaxation's
+        own generator is not advanced; γ ∈ [0, 1], so the standard error is at most 0.5/√S ≈ 0.008.
+        No gradient flows to ``logits``.
+        """
+        logits = logits.detach()
+        with torch.no_grad():
+            if not self.stochastic:
+                return self.weights(logits, training=True)
+            own = self.generator
+            self.generator = torch.Generator().manual_seed(self.mc_seed)
+            try:
+                samples = self.weights(logits.expand(self.mc_samples, *logits.shape), training=True)
+            finally:
+                self.generator = own
+            return samples.mean(dim=0)
 
     def set_progress(self, progress: float) -> None:
         """Record the search progress p = step / steps ∈ [0, 1] (clamped); annealed relaxations use it."""
@@ -114,6 +142,13 @@ class GumbelRelaxation(SoftmaxRelaxation):
         """τ(p) = τ_max · (τ_min / τ_max)^p."""
         return self.tau_max * (self.tau_min / self.tau_max) ** self.progress
 
+    def expected_gate(self, logits: torch.Tensor) -> torch.Tensor:
+        """E[γ_train]: with ``hard=True`` exactly P(argmax(Γ + G) = LoRA) = softmax(Γ)[..., 0] (the Gumbel-max
+        trick; the value is one-hot), otherwise the Monte-Carlo mean of soft samples at τ(p), see the base class."""
+        if self.hard:
+            return torch.softmax(logits.detach(), dim=-1)[..., 0]
+        return super().expected_gate(logits)
+
     def weights(self, logits: torch.Tensor, training: bool) -> torch.Tensor:
         if not training:
             return torch.softmax(logits, dim=-1)[..., 0]
@@ -164,6 +199,10 @@ class HardConcreteRelaxation(Relaxation):
     def expected_keep(self, logits: torch.Tensor) -> torch.Tensor:
         """P(z ≠ 0): see :meth:`prob_nonzero`."""
         return self.prob_nonzero(logits)
+
+    def ranking_scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """log α itself: the evaluation weight clamps to exactly 0 or 1 beyond |log α| ≈ 2.4, which would tie."""
+        return logits.detach().clone()
 
 
 def relaxation_options(name: str) -> list[str]:

@@ -1,9 +1,14 @@
 """From the supernet to the discrete model: LoRA on the selected modules only, optionally warm-started.
 
 Weight sharing ("shared" init): each kept module starts from the supernet's LoRA weights, with B multiplied
-by the module's final relaxed weight γ when ``fold_gate`` is set, so that h = W₀x + γ·ΔW x holds exactly
-at the start of retraining for every kept module; the head is copied too. "fresh" init re-initializes
-the LoRA branches (A Kaiming, B = 0) and keeps the model's own head.
+by a constant gate when ``fold_gate`` is set, so that h = W₀x + c·ΔW x holds exactly at the start of retraining
+for every kept module; the head is copied too. "fresh" init re-initializes the LoRA branches (A Kaiming, B = 0)
+and keeps the model's own head.
+
+The constant to fold is what the branch was trained with: c = E[γ] under the relaxation's training distribution
+at the end of the search (:func:`expected_gates`). For sigmoid/softmax that is the relaxed weight itself; for
+stochastic relaxations (gumbel, hard_concrete) the branches saw sampled gates, whose mean differs from the
+evaluation-mode γ (e.g. hard-concrete's stretched sigmoid).
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ def adapt_selected(model: nn.Module, head_names: list[str], selected: list[str],
                    operator_args: Mapping[str, Any] | None = None) -> dict[str, AdaptedLinear]:
     """Freeze ``model``, wrap ``selected``, make the head trainable; warm-start from ``supernet`` if given.
 
-    ``gates`` (module → γ) are folded into B of the warm-started branches: B ← γ·B.
+    ``gates`` (module → c, e.g. :func:`expected_gates`) are folded into the warm-started branches: ΔW ← c·ΔW
+    (B ← c·B).
     """
     for parameter in model.parameters():
         parameter.requires_grad_(False)
@@ -40,3 +46,10 @@ def adapt_selected(model: nn.Module, head_names: list[str], selected: list[str],
     for name in head_names:
         model.get_parameter(name).requires_grad_(True)
     return adapters
+
+
+def expected_gates(supernet: SuperNet) -> dict[str, float]:
+    """E[γ] of every candidate by module name: :meth:`~nas.relaxation.Relaxation.expected_gate` of the supernet's
+    DAM at the relaxation's current (final) progress; the constants to fold at the end of the search."""
+    matrix = supernet.relaxation.expected_gate(supernet.dam_logits)
+    return {name: float(matrix[supernet.space.coordinate(name)]) for name in supernet.space.names}

@@ -1,9 +1,10 @@
-"""The DiffoRA search stage: alternate α-steps (α-split) and w-steps (w-split) on the supernet."""
+"""The DiffoRA search stage: alternate α-steps (α-split) and w-steps (w-split) on the supernet, then score
+every candidate with the selection criteria (nas/criteria.py)."""
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -12,30 +13,67 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from nas.backbone import Backbone
-from nas.bilevel import ArchPenalty, BilevelSearch
+from nas.bilevel import ArchPenalty, BilevelSearch, StepStats
+from nas.criteria import CRITERIA, GateStatistics, ScoringInput, criteria_to_score, score_stage
+from nas.dam_optimizer import SharedAdam
 from nas.data import TaskData
 from nas.diagnostics import summarize_dam
-from nas.hypergradient import HYPERGRADIENTS, BilevelProblem, LossFn
+from nas.errors import ConfigError
+from nas.hypergradient import HYPERGRADIENTS, BilevelProblem
 from nas.logger import Logger
 from nas.regularizers import RegularizerContext, build_regularizer_loss
 from nas.relaxation import Relaxation, build_relaxation
 from nas.supernet import SuperNet
 from nas.training import forever, loss_for, make_loader, to_device
+from nas.virtual_step import VirtualStep, optimizer_virtual_step, sgd_virtual_step
 from objectives.splits import split_indices
 from search_spaces.space import SearchSpace
 
 
-def optimizer_from(cfg: DictConfig, params: list[torch.nn.Parameter], kind: type) -> torch.optim.Optimizer:
-    return kind(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, eps=cfg.eps)
+def optimizer_from(cfg: DictConfig, params: list[torch.nn.Parameter], adam: type) -> torch.optim.Optimizer:
+    """``adam`` (the class given: Adam for the DAM, AdamW for the weights), ``shared_adam`` (Adam with one second
+    moment per tensor, nas/dam_optimizer.py) or ``sgd`` with momentum betas[0]."""
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=float(cfg.betas[0]), weight_decay=cfg.weight_decay)
+    if cfg.name == "shared_adam":
+        return SharedAdam(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, eps=cfg.eps)
+    if cfg.name != "adam":
+        raise ConfigError(f"optimizer name {cfg.name!r} is unknown; use adam, shared_adam or sgd")
+    return adam(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, eps=cfg.eps)
 
 
 @dataclass
 class SearchOutcome:
     supernet: SuperNet
-    scores: dict[str, float]
+    scores: dict[str, float]  # the DAM's relaxed weight γ per module at the end
+    criteria: dict[str, dict[str, float]]  # criterion → module → score (the driving one first, then the recorded)
     trajectory: list[dict[str, Any]]
     wall_s: float
-    removal_score: Callable[[str | None], float] | None = None  # for discretizer=perturbation
+
+
+class NonFiniteSearchError(FloatingPointError):
+    """The search produced NaN or ±inf (a loss or the DAM); nothing is ranked from it."""
+
+
+def check_step(step: int, stats: StepStats, logits: torch.Tensor) -> None:
+    """Raise NonFiniteSearchError naming the quantity and the step when a loss or the DAM is not finite."""
+    for quantity, value in (("w-loss", stats.w_loss), ("α-loss", stats.alpha_loss)):
+        if value is not None and not math.isfinite(value):
+            raise NonFiniteSearchError(f"search step {step}: the {quantity} is {value}; lower bilevel.w_optimizer.lr "
+                                       f"or bilevel.alpha_optimizer.lr, or keep bilevel.grad_clip on")
+    if not bool(torch.isfinite(logits).all()):
+        raise NonFiniteSearchError(f"search step {step}: the DAM logits are not finite; lower "
+                                   f"bilevel.alpha_optimizer.lr")
+
+
+def virtual_step_from(b: DictConfig, w_optimizer: torch.optim.Optimizer,
+                      params: list[torch.nn.Parameter]) -> VirtualStep:
+    """The unrolled step of the second-order hypergradient: the w-optimizer's own update (``optimizer``: AdamW's
+    preconditioned step from its current moments, clipped as the w-step is) or DARTS' SGD step w − ξ∇w with
+    ξ = ``bilevel.unrolled_lr`` (null: the w learning rate)."""
+    if b.unrolled_step == "optimizer":
+        return optimizer_virtual_step(w_optimizer, params, grad_clip=b.grad_clip)
+    return sgd_virtual_step(b.unrolled_lr if b.unrolled_lr is not None else b.w_optimizer.lr)
 
 
 def relaxation_from(cfg: DictConfig) -> Relaxation:
@@ -55,6 +93,7 @@ def dam_penalty(cfg: DictConfig, supernet: SuperNet, space: SearchSpace,
         return None
     loss = build_regularizer_loss(weights)
     base = RegularizerContext.from_space(space, int(cfg.space.rank), supernet.dam_logits,
+                                         operator=str(cfg.space.operator), operator_args=cfg.space.operator_args,
                                          target_fraction=float(cfg.discretizer.rho), target_params=budget_target)
 
     def penalty() -> tuple[torch.Tensor, dict[str, float]]:
@@ -66,7 +105,8 @@ def dam_penalty(cfg: DictConfig, supernet: SuperNet, space: SearchSpace,
 
 def search(cfg: DictConfig, backbone: Backbone, space: SearchSpace, data: TaskData, logger: Logger,
            budget_target: int | None = None) -> SearchOutcome:
-    """Alternate α-steps (α-split) and w-steps (w-split) for ``bilevel.steps`` steps."""
+    """Score the criteria that run at init, alternate α-steps (α-split) and w-steps (w-split) for
+    ``bilevel.steps`` steps, then score the criteria that run on the trained supernet."""
     b = cfg.bilevel
     relaxation = relaxation_from(cfg)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -80,11 +120,18 @@ def search(cfg: DictConfig, backbone: Backbone, space: SearchSpace, data: TaskDa
     w_optimizer = optimizer_from(b.w_optimizer, list(inner.values()), torch.optim.AdamW)
     alpha_optimizer = optimizer_from(b.alpha_optimizer, supernet.arch_parameters(), torch.optim.Adam)
     problem = BilevelProblem(model=supernet, loss_fn=loss_for(data.task), inner=inner,
-                             outer={"dam_logits": supernet.dam_logits},
-                             inner_lr=b.unrolled_lr if b.unrolled_lr is not None else b.w_optimizer.lr)
+                             outer={"dam_logits": supernet.dam_logits, "gate_probe": supernet.gate_probe},
+                             virtual_step=virtual_step_from(b, w_optimizer, list(inner.values())))
     bilevel = BilevelSearch(problem, HYPERGRADIENTS.get(b.hypergradient), w_optimizer, alpha_optimizer,
                             grad_clip=b.grad_clip, warmup_steps=b.warmup_steps,
                             arch_penalty=dam_penalty(cfg, supernet, space, budget_target))
+    names = criteria_to_score(cfg.criterion.name, cfg.criterion.record)
+    fixed_loader = make_loader(data.train.select(a_idx), backbone.tokenizer, b.batch_size, True, cfg.seed + 2)
+    fixed = [to_device(batch, cfg.device) for batch, _ in zip(fixed_loader, range(cfg.criterion.batches),
+                                                              strict=False)]
+    gates = GateStatistics(supernet)
+    scoring = ScoringInput(supernet, problem.loss_fn, fixed, int(cfg.seed), gates)
+    criteria = score_stage("init", names, scoring)
     supernet.train()
     w_batches, a_batches = forever(w_loader), forever(a_loader)
     trajectory: list[dict[str, Any]] = []
@@ -93,6 +140,9 @@ def search(cfg: DictConfig, backbone: Backbone, space: SearchSpace, data: TaskDa
     for step in progress:
         relaxation.set_progress(step / max(b.steps - 1, 1))
         stats = bilevel.step(to_device(next(w_batches), cfg.device), to_device(next(a_batches), cfg.device))
+        check_step(step, stats, supernet.dam_logits.detach())
+        if stats.alpha_loss is not None and supernet.gate_probe.grad is not None:
+            gates.update(supernet.gate_probe.grad)
         progress.set_postfix(w_loss=f"{stats.w_loss:.4f}")
         if step % b.log_every == 0 or step == b.steps - 1:
             scores = supernet.export_probs()
@@ -106,48 +156,11 @@ def search(cfg: DictConfig, backbone: Backbone, space: SearchSpace, data: TaskDa
                 values["search/alpha_loss"] = stats.alpha_loss
             logger.log(values, step=step)
     supernet.detach_gates()
-    scores = supernet.export_probs()
-    perturbation = cfg.discretizer.name == "perturbation"
-    removal = removal_scorer(cfg, supernet, a_loader, problem.loss_fn) if perturbation else None
-    return SearchOutcome(supernet, scores, trajectory, time.perf_counter() - start, removal)
-
-
-def removal_scorer(cfg: DictConfig, supernet: SuperNet, loader: Iterable[dict[str, torch.Tensor]],
-                   loss_fn: LossFn) -> Callable[[str | None], float]:
-    """score(name) = −L_α of the trained supernet with ``name``'s branch removed (γ = 0), on the first
-    ``bilevel.perturbation_batches`` α-split batches (None: nothing removed). DARTS-PT's selection signal.
-    The supernet is final here, so each score is computed once and remembered."""
-    batches = [to_device(batch, cfg.device) for batch, _ in zip(loader, range(cfg.bilevel.perturbation_batches),
-                                                                strict=False)]
-    compute_loss = loss_for_batches(supernet, batches, loss_fn)
-    known: dict[str | None, float] = {}
-
-    def score(name: str | None) -> float:
-        if name in known:
-            return known[name]
-        supernet.removed = {name} if name else set()
-        try:
-            known[name] = -compute_loss()
-        finally:
-            supernet.removed = set()
-        return known[name]
-
-    return score
-
-
-def loss_for_batches(supernet: SuperNet, batches: list[dict[str, torch.Tensor]],
-                     loss_fn: LossFn) -> Callable[[], float]:
-    """Mean task loss of the supernet (eval mode, no sampling) over fixed batches."""
-    def mean_loss() -> float:
-        was_training = supernet.training
-        supernet.eval()
-        total = 0.0
-        with torch.no_grad():
-            for batch in batches:
-                inputs = {k: v for k, v in batch.items() if k != "labels"}
-                total += float(loss_fn(supernet(**inputs), batch))
-        supernet.detach_gates()
-        supernet.train(was_training)
-        return total / max(len(batches), 1)
-
-    return mean_loss
+    wall = time.perf_counter() - start
+    if gates.steps == 0 and CRITERIA.get(cfg.criterion.name).needs_search:
+        raise ConfigError(f"criterion={cfg.criterion.name} needs the search's α-steps and none ran "
+                          f"(bilevel.steps={b.steps}, warmup_steps={b.warmup_steps}); give the search α-steps or "
+                          f"use criterion=grad_norm or criterion=random")
+    criteria |= score_stage("final", names, scoring, searched=gates.steps > 0)
+    ordered = {name: criteria[name] for name in names if name in criteria}
+    return SearchOutcome(supernet, supernet.export_probs(), ordered, trajectory, wall)

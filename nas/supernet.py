@@ -35,6 +35,9 @@ class SuperNet(nn.Module):
         self._coordinates = [space.coordinate(name) for name in space.names]
         rows, cols = len(space.layers), len(space.module_types)
         self.dam_logits = nn.Parameter(relaxation.init_logits(rows, cols, generator=generator))
+        # γ + 0: a zero offset whose gradient is ∂L/∂γ (put it among the outer variables to read gate gradients);
+        # a plain tensor, not a Parameter, so that it is neither a weight nor updated by any optimizer
+        self.gate_probe = torch.zeros(rows, cols, requires_grad=True)
         self.head_names = list(head_names)
         self.removed: set[str] = set()  # candidates whose branch is switched off (γ = 0), e.g. for perturbation
         for name in self.head_names:
@@ -48,6 +51,11 @@ class SuperNet(nn.Module):
     def named_weight_parameters(self) -> dict[str, nn.Parameter]:
         """The inner variables w: every LoRA branch parameter plus the task head, by full name."""
         return {n: p for n, p in self.named_parameters() if p.requires_grad and p is not self.dam_logits}
+
+    def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202 (nn.Module's signature): .to()/.cuda() move the probe
+        super()._apply(fn, recurse)
+        self.gate_probe = fn(self.gate_probe.detach()).requires_grad_(True)
+        return self
 
     def adapter_parameters(self) -> list[nn.Parameter]:
         return [p for adapter in self.adapters.values() for p in adapter.branch.parameters()]
@@ -68,7 +76,7 @@ class SuperNet(nn.Module):
         return discretize(self.export_probs())
 
     def forward(self, **batch: torch.Tensor):
-        matrix = self.relaxed_matrix()
+        matrix = self.relaxed_matrix() + self.gate_probe
         for (name, adapter), (row, col) in zip(self.adapters.items(), self._coordinates, strict=True):
             adapter.gate = matrix[row, col] * 0.0 if name in self.removed else matrix[row, col]
         return self.model(**batch)

@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from scipy import stats
 
 from nas.aggregate import (
     AggregateWarning,
@@ -18,6 +20,7 @@ from nas.aggregate import (
     jaccard,
     load_runs,
     mean_pairwise_jaccard,
+    paired_differences,
     plot_summary,
     summarize,
     to_markdown,
@@ -25,13 +28,16 @@ from nas.aggregate import (
 )
 from nas.config import PROJECT_ROOT
 from nas.errors import ConfigError
+from nas.statistics import expected_jaccard
 
 ABLATION = {"sigmoid": "global_topk", "gumbel": "threshold"}
 
 
 def write_run(run_dir: Path, task: str = "mrpc", method: str = "diffora", seed: int = 0, score: float = 0.8,
-              variant: dict[str, Any] | None = None, selected: list[str] | None = None, **extra: Any) -> Path:
-    """A finished run folder as the pipeline writes it (metrics.json, optional selection.json, .hydra/)."""
+              variant: dict[str, Any] | None = None, selected: list[str] | None = None,
+              candidates: int | None = None, **extra: Any) -> Path:
+    """A finished run folder as the pipeline writes it (metrics.json, optional selection.json, .hydra/);
+    ``candidates`` is selection.json's num_candidates (absent when None; metrics.json says 36)."""
     run_dir.mkdir(parents=True)
     (run_dir / ".hydra").mkdir()
     metrics: dict[str, Any] = {
@@ -42,7 +48,10 @@ def write_run(run_dir: Path, task: str = "mrpc", method: str = "diffora", seed: 
         "eval_wall_s": 5.0, "total_wall_s": 720.0, "variant": variant or {}, **extra}
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
     if selected is not None:
-        (run_dir / "selection.json").write_text(json.dumps({"selected": selected, "dam": {}}))
+        selection = {"selected": selected, "dam": {}}
+        if candidates is not None:
+            selection["num_candidates"] = candidates
+        (run_dir / "selection.json").write_text(json.dumps(selection))
     return run_dir
 
 
@@ -110,7 +119,26 @@ def test_jaccard_on_hand_made_sets() -> None:
 def test_selection_stability_of_a_group(tmp_path: Path) -> None:
     summaries = summarize(load_runs(ablation_sweep(tmp_path)))
     # seed 0 {q0,k0,v0} vs seed 1 {q0,k0,v1}: 2 shared of 4
-    assert group(summaries, "diffora", "relaxation=gumbel, discretizer=threshold").stability == pytest.approx(0.5)
+    gumbel = group(summaries, "diffora", "relaxation=gumbel, discretizer=threshold")
+    assert gumbel.stability == pytest.approx(0.5)
+    assert gumbel.stability_chance == pytest.approx(expected_jaccard(36, 3))  # N from metrics.json: no selection's
+    assert group(summaries, "lora").stability_chance is None  # no selection.json
+
+
+def test_jaccard_chance_uses_selection_num_candidates_and_the_actual_sizes(tmp_path: Path) -> None:
+    for seed, selected in enumerate((["a", "b"], ["a", "b", "c", "d"], ["c", "d", "e", "f"])):
+        write_run(tmp_path / f"s{seed}", seed=seed, selected=selected, candidates=7)
+    (summary,) = summarize(load_runs(tmp_path))
+    assert summary.stability == pytest.approx((2 / 4 + 0 + 2 / 6) / 3)
+    assert summary.stability_chance == pytest.approx((2 * expected_jaccard(7, 2, 4) + expected_jaccard(7, 4)) / 3)
+    paths = write_tables([summary], load_runs(tmp_path), tmp_path / "out")
+    with paths["summary_csv"].open() as handle:
+        row = next(csv.DictReader(handle))
+    assert float(row["jaccard_chance"]) == pytest.approx(summary.stability_chance)
+    write_run(tmp_path / "s3", seed=3, selected=list("abcdefghi"), candidates=7)  # 9 of 7: inconsistent files
+    with pytest.warns(AggregateWarning, match="k2 = 9 is not a subset size of N = 7"):
+        (summary,) = summarize(load_runs(tmp_path))
+    assert summary.stability_chance is None and summary.stability is not None
 
 
 def test_failed_unfinished_and_corrupt_runs_are_counted(tmp_path: Path) -> None:
@@ -141,7 +169,7 @@ def test_markdown_cells(tmp_path: Path) -> None:
     rows = [line for line in markdown.splitlines() if line.startswith("| ")]
     assert rows[0].startswith("| method | variant | n | accuracy (mean ± std) | f1 |")
     assert rows[1] == ("| diffora | relaxation=gumbel, discretizer=threshold | 2 | 0.800 ± 0.000 | 0.850 ± 0.000 "
-                       "| 166,658 | 165,888 | 12.0 min | 0.500 | 0 | 0 |")
+                       "| 166,658 | 165,888 | 12.0 min | 0.500 (chance 0.051) | 0 | 0 |")
     assert "| diffora | relaxation=sigmoid, discretizer=global_topk | 2 | 0.600 ± 0.141 |" in rows[2]
     assert rows[3] == "| lora | — | 1 | 0.750 ± — | 0.800 ± — | 300,000 | 300,000 | 45 s | — | 0 | 0 |"
 
@@ -151,8 +179,8 @@ def test_two_factor_grid(tmp_path: Path) -> None:
     markdown = to_markdown(summarize(load_runs(ablation_sweep(tmp_path))))
     grid = markdown[markdown.index("diffora: relaxation × discretizer"):].splitlines()
     assert grid[2] == "| relaxation \\ discretizer | threshold | global_topk |"
-    assert grid[4] == "| gumbel | 0.800 ± 0.000 (J = 0.50) | — |"
-    assert grid[5] == "| sigmoid | — | 0.600 ± 0.141 (J = 0.50) |"
+    assert grid[4] == "| gumbel | 0.800 ± 0.000 (J = 0.50, chance 0.05) | — |"
+    assert grid[5] == "| sigmoid | — | 0.600 ± 0.141 (J = 0.50, chance 0.05) |"
     assert "lora: " not in markdown
 
 
@@ -172,9 +200,11 @@ def test_csv_columns_and_png(tmp_path: Path) -> None:
         summary_rows = list(csv.DictReader(handle))
     assert {"task", "method", "label", "n", "main_metric", "score_mean", "score_std", "metric/f1/mean",
             "metric/f1/std", "trainable_params", "effective_params", "wall_s_median", "selection_stability",
-            "failed", "unfinished", "majority_baseline"} <= set(summary_rows[0])
+            "failed", "unfinished", "majority_baseline", "jaccard_chance"} <= set(summary_rows[0])
+    assert not any(key.startswith("recovery") for key in summary_rows[0])  # no run recorded recovery
     lora = next(row for row in summary_rows if row["method"] == "lora")
     assert lora["score_std"] == "" and lora["selection_stability"] == "" and float(lora["score_mean"]) == 0.75
+    assert lora["jaccard_chance"] == ""
     sigmoid = next(row for row in summary_rows if row["label"].startswith("relaxation=sigmoid"))
     assert float(sigmoid["score_std"]) == pytest.approx(0.1414214, abs=1e-6) and sigmoid["n"] == "2"
     assert paths["summary_md"].read_text() == to_markdown(summaries)
@@ -198,9 +228,14 @@ def test_nested_sweeps_and_old_metrics(tmp_path: Path) -> None:
     summaries = summarize(runs)
     assert [(s.task, s.n, s.label) for s in summaries] == [("mrpc", 1, ""), ("rte", 2, "")]
     assert summaries[1].wall_s == pytest.approx(720.0)
-    assert set(paths) == {"runs_csv", "summary_csv", "summary_md", "summary_png"}
+    assert set(paths) == {"runs_csv", "summary_csv", "summary_md", "paired_csv", "summary_png"}
     assert all(p.parent == tmp_path / "aggregate" and p.stat().st_size > 0 for p in paths.values())
     assert "## rte" in paths["summary_md"].read_text()
+    assert "Paired differences vs random: skipped (no finished random run with a seed on rte" in (
+        paths["summary_md"].read_text())
+    assert paths["paired_csv"].read_text().splitlines() == [
+        "task,method,label,reference,reference_label,main_metric,n,seeds,mean_diff,std_diff,ci_low,ci_high,"
+        "t_pvalue,wilcoxon_pvalue"]
 
 
 def test_missing_or_empty_sweep_is_a_config_error(tmp_path: Path) -> None:
@@ -237,3 +272,108 @@ def test_cli_error_is_one_line(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert result.stderr.startswith("diffora: error:") and str(tmp_path) in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def paired_sweep(root: Path) -> Path:
+    """mrpc: random × seeds 0–2, diffora rank=4 × seeds 0–2, diffora rank=8 × seeds 0, 1, 5; rte: diffora only."""
+    for seed, score in enumerate((0.70, 0.74, 0.71)):
+        write_run(root / f"random_s{seed}", method="random", seed=seed, score=score, variant={"rank": 8})
+    for seed, score in enumerate((0.78, 0.80, 0.76)):
+        write_run(root / f"r4_s{seed}", seed=seed, score=score, variant={"rank": 4})
+    for seed, score in ((0, 0.72), (1, 0.77), (5, 0.99)):
+        write_run(root / f"r8_s{seed}", seed=seed, score=score, variant={"rank": 8})
+    write_run(root / "rte_s0", task="rte", score=0.6)
+    return root
+
+
+def test_paired_differences_against_random(tmp_path: Path) -> None:
+    paths = aggregate(paired_sweep(tmp_path / "sweep"))
+    with paths["paired_csv"].open() as handle:
+        rows = {row["label"]: row for row in csv.DictReader(handle)}
+    assert set(rows) == {"rank=4", "rank=8"}
+    r4, r8 = rows["rank=4"], rows["rank=8"]
+    assert (r4["task"], r4["reference"], r4["main_metric"], r4["n"], r4["seeds"]) == ("mrpc", "random", "accuracy",
+                                                                                     "3", "0 1 2")
+    assert (r8["n"], r8["seeds"]) == ("2", "0 1")  # seed 5 has no random partner
+    assert float(r4["mean_diff"]) == pytest.approx(np.mean([0.08, 0.06, 0.05]))
+    assert float(r4["t_pvalue"]) == pytest.approx(stats.ttest_rel([0.78, 0.80, 0.76], [0.70, 0.74, 0.71]).pvalue)
+    assert float(r4["wilcoxon_pvalue"]) == pytest.approx(0.25)  # all three positive: 2 / 2^3
+    assert float(r4["ci_low"]) <= float(r4["mean_diff"]) <= float(r4["ci_high"])
+    markdown = paths["summary_md"].read_text()
+    section = markdown[markdown.index("Paired differences vs random: d = row's accuracy"):].splitlines()
+    assert section[2] == "| method | variant | n pairs | mean d | std d | 95% CI | t-test p | Wilcoxon p |"
+    assert section[4].startswith("| diffora | rank=4 | 3 | +0.063 | 0.015 | [+0.050, +0.080] |")
+    assert section[5].startswith("| diffora | rank=8 | 2 | +0.025 |")
+    assert "Paired differences vs random: skipped (no finished random run with a seed on rte" in markdown
+
+
+def test_reference_option_and_ambiguous_reference(tmp_path: Path) -> None:
+    sweep = paired_sweep(tmp_path / "sweep")
+    with pytest.raises(ConfigError, match=r"mrpc: the reference method 'diffora' has 2 variant rows.*reference-label"):
+        aggregate(sweep, reference="diffora")
+    result = cli([str(sweep), "--reference", "diffora"])
+    assert result.returncode != 0 and result.stderr.startswith("diffora: error: task mrpc")
+    assert "--reference-label" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    result = cli([str(sweep), "--reference", "diffora", "--reference-label", "rank=4"])
+    assert result.returncode == 0, result.stderr
+    assert "Paired differences vs diffora (rank=4): d = row's accuracy − diffora's accuracy" in result.stdout
+    assert f"wrote {sweep / 'aggregate' / 'paired.csv'}" in result.stdout
+    with (sweep / "aggregate" / "paired.csv").open() as handle:
+        rows = [(r["task"], r["method"], r["label"], r["reference_label"], r["n"]) for r in csv.DictReader(handle)]
+    # rte has one diffora row: it is the reference there, with nothing to compare
+    assert rows == [("mrpc", "diffora", "rank=8", "rank=4", "2"), ("mrpc", "random", "", "rank=4", "3")]
+
+
+RECOVERY = {"precision": 0.5, "auc": 0.75, "chance": 0.25, "planted": ["q0", "k0", "v0", "o0"], "criterion": "dam",
+            "by_criterion": {"dam": {"precision": 0.5, "auc": 0.75}, "magnitude": {"precision": 0.25, "auc": None}}}
+
+
+def test_recovery_columns_and_table(tmp_path: Path) -> None:
+    for seed, (precision, auc) in enumerate(((0.5, 0.75), (1.0, 0.95))):
+        recovery = RECOVERY | {"precision": precision, "auc": auc, "criterion": "dam" if seed == 0 else None,
+                               "by_criterion": RECOVERY["by_criterion"] | {"dam": {"precision": precision, "auc": auc}}}
+        write_run(tmp_path / f"planted_s{seed}", task="planted", seed=seed, score=0.7, recovery=recovery)
+    write_run(tmp_path / "random_s0", task="planted", method="random", score=0.6)  # no recovery
+    write_run(tmp_path / "mrpc_s0", score=0.8)
+    bad = write_run(tmp_path / "planted_s2", task="planted", seed=2, score=0.7, recovery={"auc": 0.5})
+    with pytest.warns(AggregateWarning, match=f"{bad.name}.*malformed recovery"):
+        runs = load_runs(tmp_path)
+    assert next(r for r in runs if r.run_dir == bad).status == "finished"
+    summaries = summarize(runs)
+    planted = next(s for s in summaries if (s.task, s.method) == ("planted", "diffora"))
+    assert planted.task == "planted" and planted.n == 3 and planted.recovery is not None
+    assert planted.recovery.n == 2 and planted.recovery.precision == (pytest.approx(0.75), pytest.approx(0.3535534))
+    assert planted.recovery.auc[0] == pytest.approx(0.85) and planted.recovery.chance == 0.25
+    assert planted.recovery_by_criterion["magnitude"].auc == (None, None)
+    planted_runs = [r for r in runs if r.task == "planted"]
+    assert [r.recovery.criterion if r.recovery else None for r in planted_runs] == ["dam", "", None, None]
+    markdown = to_markdown(summaries)
+    mrpc = markdown[markdown.index("## mrpc"):markdown.index("## planted")]
+    assert "| diffora | — | 1 | 0.800 ± — |" in mrpc
+    assert "recovery" not in mrpc.lower()  # no run of mrpc has recovery: no empty columns
+    planted_md = markdown[markdown.index("## planted"):]
+    header = next(line for line in planted_md.splitlines() if line.startswith("| method | variant | n |"))
+    assert header.endswith("| selection stability | recovery precision | recovery AUC | recovery chance | failed "
+                           "| unfinished |")
+    assert "| 0.750 ± 0.354 | 0.850 ± 0.141 | 0.250 | 0 | 0 |" in planted_md
+    random_row = next(line for line in planted_md.splitlines() if line.startswith("| random |"))
+    assert random_row.endswith("| — | — | — | — | 0 | 0 |")  # stability and the three recovery cells
+    table = planted_md[planted_md.index("Recovery by criterion"):].splitlines()
+    assert table[2] == "| method | variant | criterion | n seeds | precision | AUC | chance |"
+    assert table[4:6] == ["| diffora | — | dam | 2 | 0.750 ± 0.354 | 0.850 ± 0.141 | 0.250 |",
+                          "| diffora | — | magnitude | 2 | 0.250 ± 0.000 | — | 0.250 |"]
+    paths = write_tables(summaries, runs, tmp_path / "out")
+    with paths["summary_csv"].open() as handle:
+        row = next(r for r in csv.DictReader(handle) if r["task"] == "planted" and r["method"] == "diffora")
+    assert float(row["recovery_precision_mean"]) == pytest.approx(0.75) and row["recovery_n"] == "2"
+    assert float(row["recovery_auc_std"]) == pytest.approx(0.1414214) and float(row["recovery_chance"]) == 0.25
+
+
+def test_a_seed_run_twice_is_averaged_with_a_warning(tmp_path: Path) -> None:
+    paired_sweep(tmp_path)
+    write_run(tmp_path / "again" / "random_s0", method="random", seed=0, score=0.72, variant={"rank": 8})
+    runs = load_runs(tmp_path)
+    with pytest.warns(AggregateWarning, match="random.*seed 0 has 2 finished runs"):
+        report = paired_differences(runs)
+    r4 = next(c for c in report.comparisons if c.label == "rank=4")
+    assert r4.test.mean == pytest.approx(np.mean([0.78 - 0.71, 0.06, 0.05]))

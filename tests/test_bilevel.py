@@ -7,9 +7,10 @@ import torch
 from conftest import tiny_batch, tiny_bert
 
 from nas.bilevel import BilevelSearch, assert_disjoint
-from nas.hypergradient import HYPERGRADIENTS, BilevelProblem, first_order
+from nas.hypergradient import HYPERGRADIENTS, BilevelProblem, first_order, second_order
 from nas.relaxation import build_relaxation
 from nas.supernet import SuperNet
+from nas.virtual_step import optimizer_virtual_step
 from search_spaces import build_search_space
 
 
@@ -43,7 +44,7 @@ def test_alpha_step_updates_only_the_dam() -> None:
     net, search = make_search()
     before = snapshot(net)
     search.alpha_step(tiny_batch(seed=1), tiny_batch(seed=2))
-    assert changed(before, net) == {"dam_logits"}
+    assert changed(before, net) == {"dam_logits"} and torch.isfinite(net.dam_logits).all()
 
 
 def test_w_step_updates_only_lora_and_head() -> None:
@@ -109,3 +110,31 @@ def test_loss_at_substituted_weights_uses_them_without_touching_the_model() -> N
         for name, p in search.problem.inner.items():
             p.copy_(shifted[name])
     torch.testing.assert_close(loss_shifted, search.problem.loss(batch))
+
+
+@pytest.mark.parametrize("grad_clip", [None, 0.05])
+def test_the_optimizer_virtual_step_predicts_the_w_step(grad_clip: float | None) -> None:
+    """Δ from the w-optimizer's virtual step (same clipping) is the change the next w-step makes."""
+    _, search = make_search()
+    search.grad_clip = grad_clip
+    params = list(search.problem.inner.values())
+    virtual = optimizer_virtual_step(search.w_optimizer, params, grad_clip=grad_clip)
+    for seed in range(3):
+        batch = tiny_batch(seed=seed)
+        delta = virtual(torch.autograd.grad(search.problem.loss(batch), params))
+        old = [p.detach().clone() for p in params]
+        search.w_step(batch)
+        for p, o, d in zip(params, old, delta, strict=True):
+            torch.testing.assert_close(p.detach() - o, d, atol=1e-6, rtol=0)
+
+
+def test_second_order_with_the_optimizer_step_moves_only_the_dam() -> None:
+    net, search = make_search()
+    search.hypergradient = second_order
+    search.problem.virtual_step = optimizer_virtual_step(search.w_optimizer, list(search.problem.inner.values()),
+                                                         grad_clip=search.grad_clip)
+    search.w_step(tiny_batch(seed=0))  # the w-optimizer has a state now
+    before, state = snapshot(net), {k: v.clone() for k, v in search.w_optimizer.state_dict()["state"][0].items()}
+    search.alpha_step(tiny_batch(seed=1), tiny_batch(seed=2))
+    assert changed(before, net) == {"dam_logits"} and torch.isfinite(net.dam_logits).all()
+    assert all(torch.equal(v, search.w_optimizer.state_dict()["state"][0][k]) for k, v in state.items())

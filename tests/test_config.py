@@ -125,5 +125,34 @@ def test_every_sweep_names_existing_options(experiment: str) -> None:
 def test_relaxation_discretizer_ablation_is_the_full_grid() -> None:
     cfg = compose_sweep(["experiment=ablation_relaxation_discretizer"])
     params = cfg.hydra.sweeper.params
-    assert list(params) == ["seed", "relaxation", "discretizer"]  # seed slowest: a cut sweep keeps whole seeds
+    assert list(params) == ["seed", "relaxation", "discretizer", "criterion"]  # seed slowest: a cut sweep keeps
+    # whole seeds
     assert len(params.relaxation.split(",")) == 4 and cfg.task.name == "mrpc"
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["space.operator=sora"], "space.operator=sora with method=diffora would train SoRA's gates"),
+    (["method=random", "space.operator=sora"], "method=random would train SoRA's gates"),
+    (["criterion=nope"], "Could not find 'criterion/nope'"),
+    (["criterion.record=[dam,nope]"], "criterion.record has nope"),
+    (["discretizer.name=perturbation"], "now a selection criterion: use criterion=perturbation"),
+    (["task=planted", "task.pattern=diagonal"], "task.pattern='diagonal' is unknown"),
+    (["task=planted", "task.target=ranking"], "task.target='ranking' is unknown"),
+    (["bilevel.unrolled_step=newton"], "bilevel.unrolled_step=newton is unknown"),
+])
+def test_bad_selection_settings_are_one_clear_error(overrides: list[str], message: str) -> None:
+    with pytest.raises((ConfigError, ConfigCompositionException), match=message):
+        validate_run_config(compose_run(overrides))
+
+
+def test_compare_power_trains_three_epochs_of_every_task_for_five_seeds() -> None:
+    cfg = compose_sweep(["experiment=compare_power"])
+    params = cfg.hydra.sweeper.params
+    assert list(params)[0] == "seed" and params.seed == "0,1,2,3,4"
+    assert cfg.retrain.epochs == 3 and cfg.retrain.batch_size == 32 and cfg.budget.match
+
+
+def test_planted_recovery_sweeps_relaxation_order_pattern_and_seed() -> None:
+    cfg = compose_sweep(["experiment=planted_recovery"])
+    assert cfg.task.name == "planted" and cfg.discretizer.rho == 0.25
+    assert set(cfg.hydra.sweeper.params) == {"seed", "task.pattern", "relaxation", "bilevel"}

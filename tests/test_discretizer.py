@@ -7,7 +7,8 @@ import math
 import pytest
 from conftest import tiny_bert
 
-from nas.discretizer import DiscretizeInput, build_discretizer, keep_count, top_k
+from nas.cost import module_cost
+from nas.discretizer import DISCRETIZERS, DiscretizeInput, build_discretizer, keep_count, top_k
 from nas.errors import ConfigError
 from search_spaces import build_search_space
 from search_spaces.candidate import Candidate
@@ -73,7 +74,7 @@ def tiny_space_and_scores() -> tuple[SearchSpace, dict[str, float]]:
 
 def test_every_discretizer_accepts_the_common_parameters() -> None:
     space, scores = tiny_space_and_scores()
-    common = {"rho": 0.5, "rank": 4, "target_params": None, "unused": 1}
+    common = {"rho": 0.5, "rank": 4, "target_params": None, "operator": "lora", "operator_args": {}, "unused": 1}
     for name in ("global_topk", "threshold", "param_budget"):
         kept = run({"name": name, **common}, scores, space)
         assert kept and kept == [n for n in space.names if n in kept]
@@ -135,6 +136,44 @@ def test_param_budget_below_the_cheapest_module_names_its_cost() -> None:
         run({"name": "param_budget", "rank": 1, "target_params": 1}, {"l0.t0": 0.1, "l0.t1": 0.9}, space)
 
 
+@pytest.mark.parametrize(("operator", "args"), [
+    ("lora", None), ("sora", {}), ("prolora", {"sharing_in": 2, "sharing_out": 2, "unshared_rank": 1}),
+])
+def test_param_budget_prices_the_searched_operator(operator: str, args: dict | None) -> None:
+    """Costs are the operator's own branch sizes (nas.cost.module_cost), for the budget and its ρ default."""
+    space, scores = tiny_space_and_scores()
+    costs = {c.name: module_cost(c, operator, 4, args) for c in space}
+    for config in ({"target_params": 1536}, {"rho": 0.5}):
+        target = config.get("target_params", math.floor(0.5 * sum(costs.values())))
+        kept = run({"name": "param_budget", "rank": 4, "operator": operator, "operator_args": args, **config},
+                   scores, space)
+        used = sum(costs[n] for n in kept)
+        assert used <= target and all(used + costs[n] > target for n in space.names if n not in kept)
+    with pytest.raises(ConfigError, match=f"cheapest module's {operator} branch"):
+        run({"name": "param_budget", "rank": 4, "operator": operator, "operator_args": args,
+             "target_params": min(costs.values()) - 1}, scores, space)
+
+
+# --- non-finite scores --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("name", DISCRETIZERS.names())
+def test_a_non_finite_score_says_the_search_diverged(name: str, bad: float) -> None:
+    space, scores = tiny_space_and_scores()
+    victim = space.names[5]
+    scores[victim] = bad
+    config = {"name": name, "rho": 0.5, "rank": 4, "threshold": 0.5}
+    match = rf"non-finite score for 1 of 12.*{victim}.*diverged.*alpha_optimizer"
+    with pytest.raises(ValueError, match=match):
+        run(config, scores, space)
+
+
+def test_missing_scores_are_named() -> None:
+    space, scores = tiny_space_and_scores()
+    del scores[space.names[0]]
+    with pytest.raises(ValueError, match=f"no score for 1 module.*{space.names[0]}"):
+        run({"name": "global_topk"}, scores, space)
+
+
 # --- ties ---------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("config", "expected"),
@@ -148,13 +187,6 @@ def test_param_budget_below_the_cheapest_module_names_its_cost() -> None:
 def test_ties_go_to_the_earlier_module_everywhere(config: dict[str, object], expected: list[str]) -> None:
     space = hand_space([[(1, 1), (1, 1)], [(1, 1), (1, 1)]])
     assert run(config, {name: 0.5 for name in space.names}, space) == expected
-
-
-def test_perturbation_ties_go_to_the_earlier_module() -> None:
-    space = hand_space([[(1, 1), (1, 1)], [(1, 1), (1, 1)]])
-    kept = run({"name": "perturbation", "rho": 0.5}, {n: 0.5 for n in space.names}, space,
-               removal_score=lambda name: 0.0, base_score=1.0)
-    assert kept == ["l0.t0", "l0.t1"]
 
 
 # --- per layer ----------------------------------------------------------------------------------------------------
@@ -200,33 +232,6 @@ def test_threshold_with_min_keep(threshold: float, min_keep: int, expected: list
     assert run({"name": "threshold", "threshold": threshold, "min_keep": min_keep}, scores, space) == expected
 
 
-# --- perturbation -------------------------------------------------------------------------------------------------
-def test_perturbation_ranks_by_the_score_drop_not_by_gamma() -> None:
-    space, scores = tiny_space_and_scores()
-    names = list(space.names)
-    weakest = min(names, key=scores.__getitem__)
-    removal = {name: 0.80 - 0.001 * i for i, name in enumerate(names)}
-    removal[weakest] = 0.10  # removing the module with the smallest γ hurts most
-    calls: list[str] = []
-
-    def removal_score(name: str) -> float:
-        calls.append(name)
-        return removal[name]
-
-    kept = run({"name": "perturbation", "rho": 0.25}, scores, space, removal_score=removal_score, base_score=0.9)
-    drops = {name: 0.9 - removal[name] for name in names}
-    assert weakest in kept and len(kept) == 3
-    assert kept == top_k(drops, names, 3)
-    assert sorted(calls) == sorted(names)  # one removal per candidate
-
-
-@pytest.mark.parametrize("missing", [{"base_score": 0.9}, {"removal_score": lambda name: 0.5}, {}])
-def test_perturbation_without_the_supernet_is_a_config_error(missing: dict[str, object]) -> None:
-    space, scores = tiny_space_and_scores()
-    with pytest.raises(ConfigError, match="only available in the search pipeline"):
-        run({"name": "perturbation", "rho": 0.5}, scores, space, **missing)
-
-
 # --- bad parameters -----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("config", "match"),
@@ -238,12 +243,13 @@ def test_perturbation_without_the_supernet_is_a_config_error(missing: dict[str, 
         ({"name": "threshold", "threshold": 1.2}, r"threshold=1.2 is outside \[0, 1\]"),
         ({"name": "threshold", "threshold": -0.1}, "outside"),
         ({"name": "threshold", "min_keep": 0}, "min_keep=0 must be a positive integer"),
-        ({"name": "param_budget", "rho": 0.5}, "needs the LoRA rank"),
+        ({"name": "param_budget", "rho": 0.5}, "needs the adapter rank"),
         ({"name": "param_budget", "rank": 0}, "rank=0 must be a positive integer"),
         ({"name": "param_budget", "rank": 8, "target_params": 0}, "target_params=0 must be > 0"),
         ({"name": "param_budget", "rank": 8, "target_params": -5}, "must be > 0"),
         ({"name": "param_budget", "rank": 8, "rho": 2.0}, "rho=2.0 is outside"),
-        ({"name": "perturbation", "rho": -0.5}, "rho=-0.5 is outside"),
+        ({"name": "param_budget", "rank": 8, "operator": "nope"}, "unknown operator 'nope'"),
+        ({"name": "param_budget", "rank": 8, "operator": "prolora", "operator_args": {"bad": 1}}, "bad.*accepts"),
     ],
 )
 def test_bad_parameters_are_config_errors(config: dict[str, object], match: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import pytest
@@ -13,6 +15,7 @@ from torch.func import functional_call
 from nas.hypergradient import HYPERGRADIENTS, BilevelProblem, first_order, second_order
 from nas.relaxation import build_relaxation
 from nas.supernet import SuperNet
+from nas.virtual_step import VirtualStep, optimizer_virtual_step, sgd_virtual_step
 from search_spaces import build_search_space
 
 
@@ -48,14 +51,42 @@ def gated_batch(seed: int, size: int = 5) -> dict[str, torch.Tensor]:
             "labels": torch.randn(size, generator=generator, dtype=torch.float64)}
 
 
-def gated_problem(inner_lr: float) -> BilevelProblem:
+def gated_problem(inner_lr: float | None = None, virtual_step: VirtualStep | None = None) -> BilevelProblem:
     net = GatedNet()
     return BilevelProblem(net, squared_error, {"W1": net.W1, "w2": net.w2},
-                          {"alpha": net.alpha, "unused": net.unused}, inner_lr=inner_lr)
+                          {"alpha": net.alpha, "unused": net.unused}, inner_lr=inner_lr, virtual_step=virtual_step)
+
+
+def trained_step(make: Callable[[list[nn.Parameter]], torch.optim.Optimizer], steps: int,
+                 grad_clip: float | None = None) -> Callable[[BilevelProblem], VirtualStep]:
+    """A w-optimizer that has already taken ``steps`` real steps on the problem, as a virtual step."""
+    def build(problem: BilevelProblem) -> VirtualStep:
+        params = list(problem.inner.values())
+        optimizer = make(params)
+        for seed in range(steps):
+            for p, g in zip(params, torch.autograd.grad(problem.loss(gated_batch(10 + seed)), params), strict=True):
+                p.grad = g
+            optimizer.step()
+        return optimizer_virtual_step(optimizer, params, grad_clip=grad_clip)
+
+    return build
+
+
+# name → (the virtual step built on the problem, whether the second-order term is large here)
+STEPS: dict[str, tuple[Callable[[BilevelProblem], VirtualStep | None], bool]] = {
+    "inner_lr": (lambda problem: None, True),  # BilevelProblem(inner_lr=ξ): the SGD step, ξ = 0.5
+    "sgd_xi": (lambda problem: sgd_virtual_step(0.3), True),
+    "sgd_momentum": (trained_step(lambda p: torch.optim.SGD(p, lr=0.2, momentum=0.9, weight_decay=0.01), 2), True),
+    "adam_first_step": (trained_step(lambda p: torch.optim.Adam(p, lr=0.5), 0), False),
+    "adam": (trained_step(lambda p: torch.optim.Adam(p, lr=0.5, weight_decay=0.01), 3), True),
+    "adamw": (trained_step(lambda p: torch.optim.AdamW(p, lr=0.5, weight_decay=0.1), 3), True),
+    "adamw_clipped": (trained_step(lambda p: torch.optim.AdamW(p, lr=0.5, weight_decay=0.1), 3, 0.2), True),
+}
 
 
 def exact_unrolled(problem: BilevelProblem, w_batch: dict, alpha_batch: dict) -> list[torch.Tensor]:
-    """∇_α L_α(w − ξ∇_w L_w(w, α), α) by double backward, through functional copies of w and α."""
+    """∇_α L_α(w + Δ(∇_w L_w(w, α)), α) by double backward through Δ (the clip factor constant), through
+    functional copies of w and α."""
     w = {n: p.detach().clone().requires_grad_(True) for n, p in problem.inner.items()}
     alpha = {n: p.detach().clone().requires_grad_(True) for n, p in problem.outer.items()}
 
@@ -64,7 +95,8 @@ def exact_unrolled(problem: BilevelProblem, w_batch: dict, alpha_batch: dict) ->
         return problem.loss_fn(functional_call(problem.model, {**weights, **alpha}, kwargs=inputs), batch)
 
     grads_w = torch.autograd.grad(loss(w_batch, w), list(w.values()), create_graph=True)
-    w_prime = {n: p - problem.inner_lr * g for (n, p), g in zip(w.items(), grads_w, strict=True)}
+    delta = problem.inner_step()(list(grads_w))
+    w_prime = {n: p + d for (n, p), d in zip(w.items(), delta, strict=True)}
     grads = torch.autograd.grad(loss(alpha_batch, w_prime), list(alpha.values()), allow_unused=True)
     return [torch.zeros_like(a) if g is None else g for a, g in zip(alpha.values(), grads, strict=True)]
 
@@ -100,6 +132,50 @@ def test_second_order_matches_the_exact_unrolled_gradient(inner_lr: float) -> No
         problem.inner.items(), torch.autograd.grad(problem.loss(w_batch), list(problem.inner.values())),
         strict=True)}
     assert result.alpha_loss == pytest.approx(problem.loss(alpha_batch, weights=w_prime).item(), rel=1e-12)
+
+
+@pytest.mark.parametrize("name", list(STEPS))
+def test_second_order_is_exact_for_every_virtual_step(name: str) -> None:
+    """The finite difference along D·v equals double backward through w′ = w + Δ(∇_w L_w), for each step rule."""
+    build, matters = STEPS[name]
+    problem = gated_problem(inner_lr=0.5)
+    problem.virtual_step = build(problem)
+    w_batch, alpha_batch = gated_batch(1), gated_batch(2)
+    before = copy.deepcopy(optimizer_state(problem.virtual_step))
+    result = second_order(problem, w_batch, alpha_batch)
+    assert_same_state(before, optimizer_state(problem.virtual_step))
+    exact = exact_unrolled(problem, w_batch, alpha_batch)
+    grads_w = torch.autograd.grad(problem.loss(w_batch), list(problem.inner.values()))
+    w_prime = {n: p.detach() + d for (n, p), d in zip(problem.inner.items(), problem.inner_step()(grads_w),
+                                                      strict=True)}
+    (at_w_prime,) = torch.autograd.grad(problem.loss(alpha_batch, weights=w_prime), [problem.outer["alpha"]])
+    assert result.alpha_loss == pytest.approx(problem.loss(alpha_batch, weights=w_prime).item(), rel=1e-12)
+    gap = float((exact[0] - at_w_prime).norm() / exact[0].norm())  # the size of the second-order correction
+    assert gap > 0.05 if matters else gap < 1e-6  # Adam's first step ≈ −η·sign(g) barely depends on α
+    torch.testing.assert_close(result.grads[0], exact[0], rtol=1e-3, atol=1e-6)
+    torch.testing.assert_close(result.grads[1], torch.zeros(2, dtype=torch.float64), rtol=0, atol=0)
+
+
+def optimizer_state(step: VirtualStep | None) -> list:
+    """The tensors of the optimizer behind ``step`` (found through its rules' closures), or []."""
+    rules = [] if step is None or callable(step.rules) else step.rules
+    cells = [c.cell_contents for rule in rules for c in (rule.__closure__ or ())]
+    optimizers = {id(o): o for o in cells if isinstance(o, torch.optim.Optimizer)}
+    return [o.state_dict() for o in optimizers.values()]
+
+
+def assert_same_state(before: list, after: list) -> None:
+    assert len(before) == len(after)
+    for old, new in zip(before, after, strict=True):
+        assert old["param_groups"] == new["param_groups"]
+        for key, entry in old["state"].items():
+            for name, value in entry.items():
+                assert torch.equal(torch.as_tensor(value), torch.as_tensor(new["state"][key][name])), (key, name)
+
+
+def test_missing_inner_step_names_the_fix() -> None:
+    with pytest.raises(ValueError, match="virtual_step=optimizer_virtual_step"):
+        second_order(gated_problem(), gated_batch(1), gated_batch(2))
 
 
 def test_zero_inner_lr_gives_exactly_first_order() -> None:

@@ -22,3 +22,26 @@ def test_diffora_beats_the_majority_class_on_real_sst2(tmp_path: Path) -> None:
     assert result["dev_examples"] == 300 and result["num_selected"] == 18
     assert result["metrics"]["accuracy"] > majority + 0.1, (result["metrics"], majority)
     assert json.loads((tmp_path / "metrics.json").read_text())["metrics"] == result["metrics"]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("method", ["diffora", "random", "lora"])
+def test_planted_task_judges_every_method_against_the_planted_set(tmp_path: Path, method: str) -> None:
+    cfg = compose_run(["experiment=planted_search", f"method={method}", "seed=0", "task.max_train_samples=256",
+                       "task.max_eval_samples=64", "task.k=9", "bilevel.steps=4", "bilevel.batch_size=16",
+                       "criterion.batches=1", "retrain.steps=2", "retrain.batch_size=16", "logger=none",
+                       "retrain.export_adapter=false"])
+    result = run_pipeline(cfg, tmp_path, NullLogger())
+    recovery, planted = result["recovery"], result["planted"]
+    assert result["task"] == "planted-random-regression" and len(planted["modules"]) == 9
+    assert recovery["chance"] == 0.25 and recovery["planted"] == planted["modules"]
+    selected = json.loads((tmp_path / "selection.json").read_text())["selected"]
+    assert recovery["precision"] == len(set(selected) & set(planted["modules"])) / 9
+    if method == "lora":  # every module, no scores: precision 1, no AUC
+        assert recovery["precision"] == 1.0 and recovery["auc"] is None
+    else:
+        assert len(selected) == 9 and 0.0 <= recovery["auc"] <= 1.0
+        assert set(recovery["by_criterion"]) == ({"random"} if method == "random" else
+                                                 {"dam", "gate_saliency", "fisher", "grad_norm", "branch_norm",
+                                                  "perturbation", "random"})
+    assert -1.0 <= planted["base_agreement"] <= 1.0

@@ -14,11 +14,11 @@ from test_determinism import synthetic_data
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
 from nas.backbone import Backbone
+from nas.criteria import random_scores
 from nas.data import TaskData
 from nas.logger import NullLogger
 from nas.methods import METHODS, MethodContext, Prepared, TrainingHooks
 from nas.methods.adalora import final_ranks
-from nas.methods.random_selection import random_scores
 from nas.training import finetune, make_loader
 from objectives import get_task
 from search_spaces import build_search_space
@@ -169,17 +169,33 @@ def test_random_selection_is_seeded(tmp_path: Path) -> None:
     assert picks[0] == picks[1] != picks[2]
 
 
-def test_perturbation_selection_records_the_drops_it_ranked_by(tmp_path: Path) -> None:
+def test_diffora_selects_by_its_criterion_and_records_every_criterion(tmp_path: Path) -> None:
     model_dir = tmp_path / "tiny_bert"  # the retrain stage reloads the backbone from model.name_or_path
     tiny_backbone().model.save_pretrained(model_dir)
     TOKENIZER.save_pretrained(model_dir)
-    ctx, backbone = context(tmp_path, ["method=diffora", "discretizer=perturbation", "discretizer.rho=0.5",
-                                       "bilevel.steps=3", "bilevel.batch_size=8", "bilevel.perturbation_batches=1",
+    ctx, backbone = context(tmp_path, ["method=diffora", "criterion=perturbation", "discretizer.rho=0.5",
+                                       "bilevel.steps=3", "bilevel.batch_size=8", "criterion.batches=1",
+                                       "criterion.record=[dam,grad_norm,gate_saliency,fisher,branch_norm,random]",
                                        f"model.name_or_path={model_dir}", "model.head_modules=[classifier]"])
-    METHODS.get("diffora")().prepare(ctx, backbone)
+    prepared = METHODS.get("diffora")().prepare(ctx, backbone)
     record = json.loads((tmp_path / "selection.json").read_text())
-    drops = record["removal_drops"]
+    assert record["criterion"] == prepared.criterion == "perturbation"
+    assert list(record["criteria"]) == ["perturbation", "dam", "grad_norm", "gate_saliency", "fisher",
+                                        "branch_norm", "random"]
     names = list(ctx.space.names)
-    assert sorted(drops) == sorted(names) and len(set(drops.values())) > 1
+    for scores in record["criteria"].values():
+        assert sorted(scores) == sorted(names) and len(set(scores.values())) > 1
+    drops = record["criteria"]["perturbation"]
     by_drop = sorted(names, key=lambda name: (-drops[name], names.index(name)))
     assert sorted(record["selected"]) == sorted(by_drop[:6])
+
+
+@pytest.mark.parametrize(("overrides", "steps"), [
+    (["retrain.epochs=2", "retrain.batch_size=8"], 12),  # ⌈2 · 48 / 8⌉
+    (["retrain.epochs=0.5", "retrain.batch_size=5"], 5),  # ⌈0.5 · 48 / 5⌉ = ⌈4.8⌉
+    (["retrain.epochs=1", "retrain.batch_size=8", "bilevel.steps=3"], 9),  # + the search's steps (match_steps)
+    (["retrain.steps=7"], 7),
+])
+def test_training_length_in_epochs_counts_the_train_set(tmp_path: Path, overrides: list[str], steps: int) -> None:
+    ctx, backbone = context(tmp_path, ["method=lora", *overrides])
+    assert METHODS.get("lora")().prepare(ctx, backbone).steps == steps

@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import tiny_bert
 
+from nas.cost import module_cost
 from nas.errors import ConfigError
 from nas.regularizers import (
     REGULARIZERS,
@@ -50,6 +51,18 @@ def test_cell_mask_and_param_matrix_follow_the_space() -> None:
     params = cell_param_matrix(bert, rank=4)
     assert cell_mask(bert).all() and params.shape == bert.shape
     assert float(params.sum()) == sum(4 * (c.in_features + c.out_features) for c in bert)
+
+
+@pytest.mark.parametrize(("operator", "args"), [
+    ("sora", None), ("prolora", {"sharing_in": 2, "sharing_out": 2, "unshared_rank": 1}), ("lora", {}),
+])
+def test_cell_costs_price_the_searched_operator(operator: str, args: dict | None) -> None:
+    bert = build_search_space(tiny_bert(), "bert")
+    params = cell_param_matrix(bert, 4, operator, args)
+    for candidate in bert:
+        assert params[bert.coordinate(candidate.name)] == module_cost(candidate, operator, 4, args)
+    ctx = RegularizerContext.from_space(bert, rank=4, operator=operator, operator_args=args)
+    assert torch.equal(ctx.cell_params, params)
 
 
 def test_context_from_space_matches_the_helpers() -> None:

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from conftest import tiny_bert
 
 from nas.relaxation import build_relaxation
-from nas.retrain import adapt_selected
+from nas.retrain import adapt_selected, expected_gates
 from nas.supernet import SuperNet
 from search_spaces import build_search_space
 
 HEAD = ["classifier.weight", "classifier.bias"]
 
 
-def trained_looking_supernet() -> SuperNet:
+def trained_looking_supernet(relaxation: str = "sigmoid") -> SuperNet:
     model = tiny_bert(seed=0)
-    net = SuperNet(model, build_search_space(model, "bert"), build_relaxation("sigmoid"), HEAD, rank=4, alpha=8.0)
+    net = SuperNet(model, build_search_space(model, "bert"), build_relaxation(relaxation), HEAD, rank=4, alpha=8.0)
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for adapter in net.adapters.values():
@@ -52,3 +53,19 @@ def test_fresh_init_keeps_only_the_structure(batch: dict) -> None:
     assert trainable == {f"{n}.branch.lora_{m}" for n in selected for m in "AB"} | set(HEAD)
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     torch.testing.assert_close(model.eval()(**inputs).logits, tiny_bert(seed=0)(**inputs).logits)
+
+
+@pytest.mark.parametrize("relaxation", ["sigmoid", "softmax", "gumbel", "hard_concrete"])
+def test_folded_gates_are_the_expected_training_gates(relaxation: str) -> None:
+    """B ← E[γ]·B with E[γ] the relaxation's expected gate (the evaluation γ only for deterministic ones)."""
+    net = trained_looking_supernet(relaxation)
+    net.relaxation.set_progress(1.0)  # the end of the search
+    gates = expected_gates(net)
+    matrix = net.relaxation.expected_gate(net.dam_logits)
+    assert gates == {n: float(matrix[net.space.coordinate(n)]) for n in net.space.names}
+    if not net.relaxation.stochastic:
+        assert gates == pytest.approx(net.export_probs(), abs=0, rel=0)
+    selected = list(net.space.names[::2])
+    adapters = adapt_selected(tiny_bert(seed=0), HEAD, selected, "lora", 4, 8.0, 0.0, supernet=net, gates=gates)
+    for name, adapter in adapters.items():
+        torch.testing.assert_close(adapter.branch.lora_B, gates[name] * net.adapters[name].branch.lora_B)

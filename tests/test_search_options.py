@@ -1,5 +1,5 @@
 """Every search option of issue 4 as one config switch, through the real search loop on a tiny BERT:
-relaxations, second-order hypergradient, DAM regularizers, perturbation discretizer, diagnostics."""
+relaxations, second-order hypergradient, DAM regularizers, perturbation criterion, diagnostics."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from transformers import BertConfig, BertForSequenceClassification
 from nas.backbone import Backbone
 from nas.data import TaskData
 from nas.diagnostics import collapse, mean_binary_entropy
-from nas.discretizer import DiscretizeInput, build_discretizer
 from nas.logger import NullLogger
 from nas.outputs import seed_everything
 from nas.search import search
@@ -64,17 +63,13 @@ def test_gumbel_temperature_is_annealed_over_the_search() -> None:
     assert outcome.supernet.relaxation.tau == pytest.approx(0.5)
 
 
-def test_perturbation_discretizer_scores_removals_on_the_alpha_split() -> None:
-    cfg, space, outcome = run_search(["discretizer=perturbation", "bilevel.perturbation_batches=2"])
-    assert outcome.removal_score is not None
-    base = outcome.removal_score(None)
-    drops = {name: base - outcome.removal_score(name) for name in space.names}
+def test_perturbation_criterion_is_the_loss_rise_when_a_branch_is_removed() -> None:
+    cfg, space, outcome = run_search(["criterion=perturbation", "criterion.batches=2", "criterion.record=[]"])
+    assert list(outcome.criteria) == ["perturbation"]
+    drops = outcome.criteria["perturbation"]
     assert len(set(drops.values())) > 1  # removals do change the α-split loss
-    selected = build_discretizer(dict(cfg.discretizer))(
-        DiscretizeInput(outcome.scores, space, removal_score=outcome.removal_score, base_score=base))
-    best = max(space.names, key=lambda n: (drops[n], -space.names.index(n)))
-    assert best in selected and len(selected) == 6
     assert outcome.supernet.removed == set()
+    assert set(drops) == set(space.names)
 
 
 def test_diagnostics_detect_collapse_and_entropy() -> None:

@@ -19,7 +19,8 @@ from peft.tuners.adalora import AdaLoraLayer
 from torch import nn
 
 from nas.backbone import Backbone
-from nas.budget import lora_params, solve_rank
+from nas.budget import resolve_rank
+from nas.cost import space_cost
 from nas.errors import ConfigError
 from nas.methods.base import (
     METHODS,
@@ -89,12 +90,9 @@ class AdaLoRA(Method):
     def ranks(self, ctx: MethodContext) -> tuple[int, int]:
         """(init_r, target_r): target from method.target_r, else the budget, else space.rank; init ⌈1.5·target⌉."""
         m = ctx.cfg.method
-        if m.target_r is not None:
-            target = int(m.target_r)
-        elif ctx.budget_target is not None:  # final budget Σ r(in + out + 1) meets the target
-            target = solve_rank(ctx.budget_target, lambda r: lora_params(ctx.space, r, per_rank_extra=1), self.name)
-        else:
-            target = int(ctx.cfg.space.rank)
+        # the final budget Σ r(in + out + 1) meets the target
+        target = resolve_rank(m.target_r, ctx.budget_target, lambda r: space_cost(ctx.space, "adalora", r),
+                              self.name, int(ctx.cfg.space.rank))
         init = math.ceil(1.5 * target) if m.init_r is None else int(m.init_r)
         if target < 1 or init <= target:
             raise ConfigError(f"AdaLoRA needs method.init_r > method.target_r ≥ 1 (got init_r={init}, "

@@ -8,6 +8,7 @@ and ``metrics.json`` are shared (``nas.pipeline``), so no method has a training 
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,8 @@ class Prepared:
     hooks: TrainingHooks = field(default_factory=TrainingHooks)
     stage_metrics: dict[str, Any] = field(default_factory=dict)  # e.g. the search stage's steps and wall time
     variant: dict[str, Any] = field(default_factory=dict)  # the method's own settings that define it (ranks…)
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)  # criterion → module → score, if it ranked
+    criterion: str | None = None  # the criterion whose scores made the selection
 
 
 class Method(ABC):
@@ -86,9 +89,14 @@ METHODS: Registry[type[Method]] = Registry("method")
 
 
 def train_steps(ctx: MethodContext, has_search: bool) -> int:
-    """Steps of the shared loop: retrain.steps, plus bilevel.steps for methods without a search stage when
-    ``budget.match_steps`` is set (every method then makes the same number of weight updates)."""
-    steps = int(ctx.cfg.retrain.steps)
+    """Steps of the shared loop: ``retrain.steps``, or ⌈retrain.epochs · |train| / retrain.batch_size⌉ when
+    ``retrain.epochs`` is set; plus bilevel.steps for methods without a search stage when ``budget.match_steps``
+    is set (every method then makes the same number of weight updates)."""
+    epochs = ctx.cfg.retrain.epochs
+    if epochs is None:
+        steps = int(ctx.cfg.retrain.steps)
+    else:
+        steps = math.ceil(float(epochs) * len(ctx.data.train) / int(ctx.cfg.retrain.batch_size))
     if ctx.cfg.budget.match_steps and not has_search:
         steps += int(ctx.cfg.bilevel.steps)
     return steps

@@ -8,11 +8,12 @@ from tqdm.auto import tqdm
 
 from nas.backbone import Backbone, load_backbone
 from nas.diagnostics import summarize_dam
-from nas.discretizer import DiscretizeInput, build_discretizer, removal_drops
+from nas.discretizer import DiscretizeInput, build_discretizer
 from nas.methods.adapters import adapted_model, export_lora_adapter
 from nas.methods.base import METHODS, Method, MethodContext, Prepared
 from nas.outputs import write_json, write_selection
 from nas.plots import plot_dam, plot_trajectory
+from nas.retrain import expected_gates
 from nas.search import search
 
 
@@ -20,6 +21,8 @@ def discretizer_options(ctx: MethodContext) -> dict[str, Any]:
     """The discretizer's config plus what budget-aware discretizers need (rank, the budget target)."""
     options = {key: value for key, value in ctx.cfg.discretizer.items() if value is not None}
     options.setdefault("rank", int(ctx.cfg.space.rank))
+    options.setdefault("operator", str(ctx.cfg.space.operator))
+    options.setdefault("operator_args", dict(ctx.cfg.space.operator_args))
     if options.get("target_params") is None and ctx.budget_target is not None:
         options["target_params"] = ctx.budget_target
     return options
@@ -33,17 +36,13 @@ class DiffoRA(Method):
     def prepare(self, ctx: MethodContext, backbone: Backbone) -> Prepared:
         cfg = ctx.cfg
         outcome = search(cfg, backbone, ctx.space, ctx.data, ctx.logger, ctx.budget_target)
+        criterion = cfg.criterion.name
         discretize = build_discretizer(discretizer_options(ctx))
-        removal = outcome.removal_score
-        base = removal(None) if removal is not None else None
-        selected = outcome.supernet.export(lambda scores: discretize(
-            DiscretizeInput(scores, ctx.space, removal_score=removal, base_score=base)))
-        # the removal scores are remembered by the scorer, so recording the drops costs no forward pass
-        extra = {} if removal is None else {"removal_drops": removal_drops(
-            DiscretizeInput(outcome.scores, ctx.space, removal_score=removal, base_score=base))}
+        selected = discretize(DiscretizeInput(outcome.criteria[criterion], ctx.space))
         write_selection(ctx.run_dir, ctx.space, selected, outcome.scores, rho=cfg.discretizer.rho,
                         discretizer=cfg.discretizer.name, relaxation=cfg.relaxation.name,
-                        hypergradient=cfg.bilevel.hypergradient, seed=cfg.seed, task=ctx.task.name, **extra)
+                        hypergradient=cfg.bilevel.hypergradient, seed=cfg.seed, task=ctx.task.name,
+                        criterion=criterion, criteria=outcome.criteria)
         write_json(ctx.run_dir / "dam_trajectory.json", outcome.trajectory)
         plot_dam(ctx.space, outcome.scores, selected, ctx.run_dir / "dam.png",
                  title=f"DAM · {ctx.task.name} · ρ={cfg.discretizer.rho} · seed {cfg.seed}")
@@ -51,15 +50,17 @@ class DiffoRA(Method):
                         title=f"DAM trajectory · {ctx.task.name} · {cfg.relaxation.name} · seed {cfg.seed}")
         tqdm.write(f"selected {len(selected)}/{len(ctx.space)} modules:\n  " + "\n  ".join(selected))
 
-        fresh = load_backbone(cfg.model.name_or_path, ctx.task.num_labels, cfg.model.head_modules)
+        fresh = load_backbone(cfg.model.name_or_path, ctx.task.num_labels, cfg.model.head_modules,
+                              cfg.model.dropout)
         shared = cfg.retrain.init == "shared"
         prepared = adapted_model(ctx, fresh, selected, cfg.space.operator, int(cfg.space.rank),
                                  cfg.space.operator_args, has_search=True,
                                  supernet=outcome.supernet if shared else None,
-                                 gates=outcome.scores if shared and cfg.retrain.fold_gate else None)
+                                 gates=expected_gates(outcome.supernet) if shared and cfg.retrain.fold_gate else None)
         prepared.stage_metrics = {"search_steps": int(cfg.bilevel.steps), "search_wall_s": outcome.wall_s,
                                   "diagnostics": summarize_dam(outcome.scores)}
-        prepared.variant.update(relaxation=cfg.relaxation.name, discretizer=cfg.discretizer.name,
+        prepared.scores, prepared.criterion = outcome.criteria, criterion
+        prepared.variant.update(relaxation=cfg.relaxation.name, discretizer=cfg.discretizer.name, criterion=criterion,
                                 rho=cfg.discretizer.rho, hypergradient=cfg.bilevel.hypergradient,
                                 retrain_init=cfg.retrain.init)
         return prepared

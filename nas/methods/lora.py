@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from nas.backbone import Backbone
-from nas.budget import lora_params, prolora_params, solve_rank
+from nas.budget import resolve_rank
+from nas.cost import space_cost
 from nas.methods.adapters import adapted_model, export_lora_adapter
 from nas.methods.base import METHODS, Method, MethodContext, Prepared
 from nas.outputs import write_selection
@@ -24,15 +25,11 @@ class LoRA(Method):
         return {}
 
     def budget_cost(self, ctx: MethodContext, rank: int) -> int:
-        return lora_params(ctx.space, rank)
+        return space_cost(ctx.space, self.operator, rank, self.operator_args(ctx))
 
     def rank(self, ctx: MethodContext) -> int:
-        if ctx.cfg.method.rank is not None:
-            return int(ctx.cfg.method.rank)
-        if ctx.budget_target is not None:
-            return solve_rank(ctx.budget_target, lambda r: self.budget_cost(ctx, r), self.name,
-                              smallest=self.smallest_rank(ctx))
-        return int(ctx.cfg.space.rank)
+        return resolve_rank(ctx.cfg.method.rank, ctx.budget_target, lambda r: self.budget_cost(ctx, r), self.name,
+                            int(ctx.cfg.space.rank), smallest=self.smallest_rank(ctx))
 
     def smallest_rank(self, ctx: MethodContext) -> int:
         return 1
@@ -60,10 +57,6 @@ class PRoLoRA(LoRA):
         return {"sharing_in": int(m.sharing_in), "sharing_out": int(m.sharing_out),
                 "unshared_rank": int(m.unshared_rank), "rotate": bool(m.rotate),
                 "rectified_init": bool(m.rectified_init)}
-
-    def budget_cost(self, ctx: MethodContext, rank: int) -> int:
-        m = ctx.cfg.method
-        return prolora_params(ctx.space, rank, int(m.sharing_in), int(m.sharing_out), int(m.unshared_rank))
 
     def smallest_rank(self, ctx: MethodContext) -> int:
         return int(ctx.cfg.method.unshared_rank) + 1  # at least one shared rank

@@ -8,22 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from nas.backbone import Backbone
+from nas.criteria import random_scores
 from nas.discretizer import DiscretizeInput, build_discretizer
 from nas.methods.adapters import adapted_model, export_lora_adapter
 from nas.methods.base import METHODS, Method, MethodContext, Prepared
 from nas.methods.diffora import discretizer_options
 from nas.outputs import write_selection
-from search_spaces.space import SearchSpace
-
-
-def random_scores(space: SearchSpace, seed: int) -> dict[str, float]:
-    """One U(0, 1) draw per candidate, reproducible from ``seed`` alone."""
-    generator = torch.Generator().manual_seed(seed)
-    draws = torch.rand(len(space), generator=generator, dtype=torch.float64).tolist()
-    return dict(zip(space.names, draws, strict=True))
 
 
 @METHODS.register("random")
@@ -35,10 +26,12 @@ class RandomSelection(Method):
         scores = random_scores(ctx.space, int(cfg.seed))
         selected = build_discretizer(discretizer_options(ctx))(DiscretizeInput(scores, ctx.space))
         write_selection(ctx.run_dir, ctx.space, selected, scores, rho=cfg.discretizer.rho,
-                        discretizer=cfg.discretizer.name, seed=cfg.seed, task=ctx.task.name)
+                        discretizer=cfg.discretizer.name, seed=cfg.seed, task=ctx.task.name, criterion="random",
+                        criteria={"random": scores})
         prepared = adapted_model(ctx, backbone, selected, cfg.space.operator, int(cfg.space.rank),
                                  cfg.space.operator_args, has_search=False)
         prepared.variant.update(discretizer=cfg.discretizer.name, rho=cfg.discretizer.rho)
+        prepared.scores, prepared.criterion = {"random": scores}, "random"
         return prepared
 
     def finalize(self, ctx: MethodContext, prepared: Prepared) -> dict[str, Any]:

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from nas.backbone import Backbone
-from nas.budget import lora_params, solve_rank
+from nas.budget import resolve_rank
+from nas.cost import space_cost
 from nas.methods.adapters import adapted_model
 from nas.methods.base import METHODS, Method, MethodContext, Prepared, TrainingHooks
 from nas.outputs import write_selection
@@ -42,12 +43,9 @@ class SoRA(Method):
 
     def prepare(self, ctx: MethodContext, backbone: Backbone) -> Prepared:
         m = ctx.cfg.method
-        if m.rank is not None:
-            rank = int(m.rank)
-        elif ctx.budget_target is not None:  # r_max meets the budget before pruning (gates counted)
-            rank = solve_rank(ctx.budget_target, lambda r: lora_params(ctx.space, r, per_rank_extra=1), self.name)
-        else:
-            rank = int(ctx.cfg.space.rank)
+        # r_max meets the budget before pruning (gates counted)
+        rank = resolve_rank(m.rank, ctx.budget_target, lambda r: space_cost(ctx.space, "sora", r), self.name,
+                            int(ctx.cfg.space.rank))
         selected = list(ctx.space.names)
         write_selection(ctx.run_dir, ctx.space, selected, None, seed=ctx.cfg.seed, task=ctx.task.name)
         prepared = adapted_model(ctx, backbone, selected, "sora", rank, {}, has_search=False)

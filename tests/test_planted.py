@@ -1,0 +1,145 @@
+"""The planted-module task: which modules are planted, the teacher, its targets, and how recovery is judged."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+import torch
+from conftest import tiny_bert
+from test_determinism import TOKENIZER, synthetic_data
+
+from objectives.planted import (
+    PlantedSpec,
+    model_outputs,
+    plant_deltas,
+    planted_modules,
+    precision_at,
+    recovery,
+    roc_auc,
+    standardize_head,
+    teacher_outputs,
+)
+from search_spaces import build_search_space
+
+HEAD = ["classifier.weight", "classifier.bias"]
+
+
+def space_of(model: torch.nn.Module):
+    return build_search_space(model, "bert")
+
+
+def test_random_pattern_is_k_modules_fixed_by_the_planted_seed() -> None:
+    space = space_of(tiny_bert())
+    first = planted_modules(space, PlantedSpec(pattern="random", k=4, seed=3))
+    assert len(first) == 4 and set(first) <= set(space.names)
+    assert first == planted_modules(space, PlantedSpec(pattern="random", k=4, seed=3))
+    assert first != planted_modules(space, PlantedSpec(pattern="random", k=4, seed=4))
+
+
+def test_grid_pattern_is_module_types_times_layers() -> None:
+    space = space_of(tiny_bert())
+    chosen = planted_modules(space, PlantedSpec(pattern="grid", module_types=("value", "output.dense"), layers=(1,)))
+    assert chosen == ["bert.encoder.layer.1.attention.self.value", "bert.encoder.layer.1.output.dense"]
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    (dict(pattern="random", k=13), "do not fit a search space of 12"),
+    (dict(pattern="grid", module_types=("gate_proj",)), "not in the search space"),
+    (dict(pattern="grid", layers=(7,)), "not in the search space"),
+    (dict(pattern="grid"), "whole search space"),
+])
+def test_bad_planted_sets_are_refused_with_the_fix(spec: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        planted_modules(space_of(tiny_bert()), PlantedSpec(**spec))
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("pattern", "diagonal", "task.pattern='diagonal' is unknown"),
+    ("target", "ranking", "task.target='ranking' is unknown"),
+    ("size", 0.0, "task.size=0.0 must be a positive"),
+])
+def test_bad_spec_values_name_the_option(field: str, value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        PlantedSpec(**{field: value})
+
+
+def test_planted_deltas_have_the_asked_rank_and_relative_size() -> None:
+    model = tiny_bert()
+    names = planted_modules(space_of(model), PlantedSpec(k=3))
+    deltas = plant_deltas(model, names, size=0.3, rank=2, seed=0)
+    for name, delta in deltas.items():
+        weight = model.get_submodule(name).weight
+        assert delta.shape == weight.shape
+        assert float(delta.norm() / weight.detach().norm()) == pytest.approx(0.3, rel=1e-5)
+        singular = torch.linalg.svdvals(delta.double())
+        assert float(singular[1] / singular[0]) > 1e-3 > float(singular[2] / singular[0])  # rank 2
+
+
+def test_teacher_is_the_student_plus_the_deltas_and_leaves_the_student_untouched() -> None:
+    model = tiny_bert(num_labels=1)
+    data = synthetic_data(16)
+    names = planted_modules(space_of(model), PlantedSpec(k=3))
+    deltas = plant_deltas(model, names, size=0.5, rank=2, seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    teacher = teacher_outputs(model, deltas, data, TOKENIZER, "cpu")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # restored bit for bit
+    reference = tiny_bert(num_labels=1)
+    with torch.no_grad():
+        for name, delta in deltas.items():
+            reference.get_submodule(name).weight.add_(delta)
+    torch.testing.assert_close(teacher, model_outputs(reference, data, TOKENIZER, "cpu"))
+    change = (teacher - model_outputs(model, data, TOKENIZER, "cpu")).abs().max()
+    assert float(change) > 0.05 * float(teacher.std())  # the planted deltas do change the outputs
+
+
+@pytest.mark.parametrize("target", ["regression", "classification"])
+def test_standardized_head_gives_unit_scale_targets_for_teacher_and_student(target: str) -> None:
+    model = tiny_bert(num_labels=1 if target == "regression" else 2)
+    data = synthetic_data(64)
+    names = planted_modules(space_of(model), PlantedSpec(k=3))
+    deltas = plant_deltas(model, names, size=0.5, rank=2, seed=0)
+    raw = teacher_outputs(model, deltas, data, TOKENIZER, "cpu")
+    rescale = standardize_head(model, HEAD, raw, target)
+    after = teacher_outputs(model, deltas, data, TOKENIZER, "cpu")
+    torch.testing.assert_close(rescale(raw), after, rtol=1e-3, atol=1e-4)  # unit-scale outputs
+    if target == "regression":
+        assert float(after[:, 0].mean()) == pytest.approx(0.0, abs=1e-5)
+        assert float(after[:, 0].std()) == pytest.approx(1.0, rel=1e-4)
+    else:
+        labels = after.argmax(-1)
+        assert abs(int(labels.sum()) - 32) <= 1  # the margin is centred at its median: balanced classes
+
+
+def brute_force_auc(scores: dict[str, float], positives: set[str]) -> float:
+    pairs = [(scores[p], scores[n]) for p in positives for n in scores if n not in positives]
+    return sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs) / len(pairs)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_roc_auc_equals_the_pairwise_definition_with_ties(seed: int) -> None:
+    rng = random.Random(seed)
+    scores = {f"m{i}": float(rng.randint(0, 4)) for i in range(12)}  # many ties
+    positives = set(rng.sample(sorted(scores), 4))
+    assert roc_auc(scores, positives) == pytest.approx(brute_force_auc(scores, positives))
+
+
+def test_recovery_of_an_oracle_a_reversed_oracle_and_a_selection() -> None:
+    order = [f"m{i}" for i in range(8)]
+    planted = ["m1", "m4"]
+    oracle = {name: float(name in planted) + 0.01 * i for i, name in enumerate(order)}
+    reversed_oracle = {name: -value for name, value in oracle.items()}
+    result = recovery(["m1", "m2"], planted, order, {"oracle": oracle, "reversed": reversed_oracle}, "oracle")
+    assert result["precision"] == 0.5 and result["auc"] == 1.0 and result["chance"] == 0.25
+    assert result["by_criterion"]["oracle"] == {"precision": 1.0, "auc": 1.0}
+    assert result["by_criterion"]["reversed"] == {"precision": 0.0, "auc": 0.0}
+    assert recovery(order, planted, order)["auc"] is None  # a method without scores (LoRA on all)
+
+
+def test_precision_of_a_random_selection_averages_to_chance() -> None:
+    order = [f"m{i}" for i in range(9)]
+    planted = order[:3]
+    picks = list(itertools.combinations(order, 3))
+    mean = sum(precision_at(p, planted) for p in picks) / len(picks)
+    assert mean == pytest.approx(3 / 9)
