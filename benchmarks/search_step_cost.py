@@ -40,6 +40,7 @@ def measure(mode: str, task_name: str, steps: int, batch_size: int, max_length: 
     from nas.relaxation import build_relaxation
     from nas.supernet import SuperNet
     from nas.training import loss_for, make_loader, to_device
+    from nas.virtual_step import optimizer_virtual_step
     from objectives import default_glue_dir, get_task
     from search_spaces import build_search_space
 
@@ -55,9 +56,11 @@ def measure(mode: str, task_name: str, steps: int, batch_size: int, max_length: 
     if mode in ("search", "search2"):
         net = SuperNet(model, space, build_relaxation("sigmoid"), backbone.head_names, rank=8, alpha=16).train()
         inner = net.named_weight_parameters()
-        problem = BilevelProblem(net, loss_fn, inner, {"dam_logits": net.dam_logits}, inner_lr=1e-3)
+        w_optimizer = torch.optim.AdamW(list(inner.values()), lr=1e-3)
+        problem = BilevelProblem(net, loss_fn, inner, {"dam_logits": net.dam_logits, "gate_probe": net.gate_probe},
+                                 virtual_step=optimizer_virtual_step(w_optimizer, list(inner.values()), grad_clip=1.0))
         hypergradient = second_order if mode == "search2" else first_order
-        search = BilevelSearch(problem, hypergradient, torch.optim.AdamW(list(inner.values()), lr=1e-3),
+        search = BilevelSearch(problem, hypergradient, w_optimizer,
                                torch.optim.Adam(net.arch_parameters(), lr=3e-4, betas=(0.5, 0.999)))
 
         def step(i: int) -> None:

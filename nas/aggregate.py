@@ -266,6 +266,8 @@ def _load_one(run_dir: Path, root: Path) -> tuple[RunRecord, dict[str, Any]]:
         record = RunRecord(run_dir, rel_dir, "unfinished")
     if record.status != "finished":
         record.task = str(flat.get("task.name", MISSING))
+        if record.task == "planted":  # finished planted runs name their problem (PlantedSpec.label)
+            record.task = f"planted-{flat.get('task.pattern', MISSING)}-{flat.get('task.target', MISSING)}"
         record.method = str(flat.get("method.name", flat.get("method", MISSING)))  # a group, or a plain string
         record.seed = flat.get("seed")
     record.selected, candidates = _read_selection(run_dir)

@@ -159,6 +159,7 @@ class CriterionConfig:
     """How every candidate module is scored; the discretizer ranks the scores (nas/criteria.py)."""
 
     name: str = "dam"  # dam | perturbation | gate_saliency | grad_norm | branch_norm | fisher | random
+    normalize: str = "none"  # none | type: z-scores within each module type before ranking (and in selection.json)
     batches: int = 8  # α-split batches for the criteria that score on fixed batches (grad_norm, branch_norm,
     # perturbation)
     record: list[str] = field(default_factory=lambda: ["dam", "gate_saliency", "fisher", "grad_norm",
@@ -339,6 +340,8 @@ def validate_run_config(cfg: Any) -> None:
     for name in cfg.criterion.record:
         _check(name in CRITERIA, f"criterion.record has {name}, which is unknown; choose among: "
                                  f"{', '.join(CRITERIA.names())}")
+    _check(cfg.criterion.normalize in ("none", "type"),
+           f"criterion.normalize={cfg.criterion.normalize} is unknown; choose none or type")
     _check(cfg.criterion.batches >= 1, f"criterion.batches={cfg.criterion.batches} must be a positive integer")
     _check(not (cfg.method.name in ("diffora", "random") and cfg.space.operator == "sora"),
            f"space.operator=sora with method={cfg.method.name} would train SoRA's gates without their L1 term and "

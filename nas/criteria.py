@@ -220,6 +220,29 @@ def score_stage(stage: Stage, names: Sequence[str], inputs: ScoringInput, search
     return results
 
 
+NORMALIZATIONS = ("none", "type")
+
+
+def normalize_scores(scores: Mapping[str, float], space: SearchSpace, how: str) -> Scores:
+    """``none``: the scores as they are. ``type``: z-scores within each module type, (s − mean_t) / std_t, so
+    that a criterion whose scale differs by module type (an FFN branch's gradient dwarfs a key branch's) ranks
+    layers within a type against one another; a type whose scores are all equal gets 0."""
+    if how == "none":
+        return dict(scores)
+    if how != "type":
+        raise ConfigError(f"criterion.normalize={how} is unknown; choose one of: {', '.join(NORMALIZATIONS)}")
+    by_type: dict[str, list[float]] = {}
+    for candidate in space:
+        by_type.setdefault(candidate.module_type, []).append(scores[candidate.name])
+    moments = {t: (sum(v) / len(v), math.sqrt(sum((x - sum(v) / len(v)) ** 2 for x in v) / len(v)))
+               for t, v in by_type.items()}
+    out = {}
+    for candidate in space:
+        mean, std = moments[candidate.module_type]
+        out[candidate.name] = (scores[candidate.name] - mean) / std if std > 0 else 0.0
+    return out
+
+
 class NonFiniteScoreError(ValueError):
     """A criterion produced NaN or ±inf: no ranking is made from it."""
 

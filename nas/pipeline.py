@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from nas.backbone import load_backbone
 from nas.budget import describe, resolve_target
 from nas.data import prepare_data, prepare_planted_data
+from nas.discretizer import keep_count
 from nas.errors import ConfigError
 from nas.logger import Logger
 from nas.methods import METHODS, MethodContext, Prepared
@@ -48,6 +49,14 @@ def planted_spec(task_cfg: DictConfig) -> PlantedSpec:
         raise ConfigError(str(error)) from error
 
 
+def check_planted_fits(rho: float, candidates: int, planted: int) -> None:
+    """A ρ that keeps fewer modules than were planted cannot reach precision 1: a ConfigError naming the fix."""
+    if keep_count(rho, candidates) < planted:
+        raise ConfigError(f"discretizer.rho={rho} keeps {keep_count(rho, candidates)} of {candidates} modules, fewer "
+                          f"than the {planted} planted, so no criterion can recover them; set discretizer.rho="
+                          f"{planted / candidates:.4g} (|S|/N) or more")
+
+
 def run_pipeline(cfg: DictConfig, run_dir: Path, logger: Logger) -> dict[str, Any]:
     """The whole run of ``cfg.method.name``; returns the content of ``metrics.json``."""
     total_start = time.perf_counter()
@@ -70,6 +79,8 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, logger: Logger) -> dict[str, An
                             cfg.paths.cache_dir, cfg.seed, cfg.task.max_train_samples, cfg.task.max_eval_samples)
     task = data.task
     method = METHODS.get(cfg.method.name)()
+    if truth is not None and method.discretizes and cfg.discretizer.name in ("global_topk", "per_layer_topk"):
+        check_planted_fits(float(cfg.discretizer.rho), len(space), len(truth.modules))
     ctx = MethodContext(cfg=cfg, data=data, space=space, run_dir=run_dir, logger=logger,
                         budget_target=resolve_target(cfg, space) if method.has_budget else None)
     prepared = method.prepare(ctx, backbone)
@@ -106,7 +117,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, logger: Logger) -> dict[str, An
     }
     if truth is not None:
         result["recovery"] = recovery(prepared.selected, truth.modules, list(space.names), prepared.scores,
-                                      prepared.criterion)
+                                      prepared.criterion, {c.name: c.module_type for c in space})
         result["planted"] = {"modules": truth.modules, "base_agreement": truth.base_agreement,
                              **OmegaConf.to_container(cfg.task, resolve=True)}
     logger.summary({f"dev/{k}": v for k, v in metrics.items()} | {"trainable_params": counts["trainable_params"]})

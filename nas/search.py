@@ -14,7 +14,14 @@ from tqdm.auto import tqdm
 
 from nas.backbone import Backbone
 from nas.bilevel import ArchPenalty, BilevelSearch, StepStats
-from nas.criteria import CRITERIA, GateStatistics, ScoringInput, criteria_to_score, score_stage
+from nas.criteria import (
+    CRITERIA,
+    GateStatistics,
+    ScoringInput,
+    criteria_to_score,
+    normalize_scores,
+    score_stage,
+)
 from nas.dam_optimizer import SharedAdam
 from nas.data import TaskData
 from nas.diagnostics import summarize_dam
@@ -162,5 +169,6 @@ def search(cfg: DictConfig, backbone: Backbone, space: SearchSpace, data: TaskDa
                           f"(bilevel.steps={b.steps}, warmup_steps={b.warmup_steps}); give the search α-steps or "
                           f"use criterion=grad_norm or criterion=random")
     criteria |= score_stage("final", names, scoring, searched=gates.steps > 0)
-    ordered = {name: criteria[name] for name in names if name in criteria}
+    ordered = {name: normalize_scores(criteria[name], space, cfg.criterion.normalize) for name in names
+               if name in criteria}
     return SearchOutcome(supernet, supernet.export_probs(), ordered, trajectory, wall)

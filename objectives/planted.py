@@ -16,7 +16,7 @@ selection of |S| modules has expected precision |S| / N.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -222,18 +222,36 @@ def top_names(scores: Mapping[str, float], order: Sequence[str], k: int) -> list
     return sorted(order, key=lambda n: (-scores[n], position[n]))[:k]
 
 
+def grouped_auc(scores: Mapping[str, float], positives: set[str], groups: Mapping[str, Hashable]) -> float | None:
+    """Mean ROC-AUC within each group (e.g. one module type) that holds both planted and other modules; None
+    when no group does. A criterion whose scale differs by group can fail the global AUC and pass this one."""
+    members: dict[Hashable, list[str]] = {}
+    for name in scores:
+        members.setdefault(groups[name], []).append(name)
+    values = [auc for names in members.values()
+              if (auc := roc_auc({n: scores[n] for n in names}, positives & set(names))) is not None]
+    return sum(values) / len(values) if values else None
+
+
 def recovery(selected: Sequence[str], planted: Sequence[str], order: Sequence[str],
-             scores: Mapping[str, Mapping[str, float]] | None = None, criterion: str | None = None) -> dict:
+             scores: Mapping[str, Mapping[str, float]] | None = None, criterion: str | None = None,
+             module_types: Mapping[str, Hashable] | None = None) -> dict:
     """The ``recovery`` entry of metrics.json.
 
     precision and auc judge the selection the run made and the criterion that drove it (auc is None when the
     method has no per-module score); ``by_criterion`` judges every recorded criterion's scores by their own
-    top-|S| (precision@|S|) and their AUC, so criteria are compared on the same trained supernet.
+    top-|S| (precision@|S|) and their AUC, so criteria are compared on the same trained supernet, and, given
+    ``module_types`` (name → type), by ``auc_within_type``: the AUC among modules of one type (which layers?),
+    averaged over types (:func:`grouped_auc`).
     """
     scores = dict(scores or {})
     truth = set(planted)
-    by_criterion = {name: {"precision": precision_at(top_names(values, order, len(planted)), planted),
-                           "auc": roc_auc(values, truth)} for name, values in scores.items()}
+    by_criterion = {}
+    for name, values in scores.items():
+        by_criterion[name] = {"precision": precision_at(top_names(values, order, len(planted)), planted),
+                              "auc": roc_auc(values, truth)}
+        if module_types is not None:
+            by_criterion[name]["auc_within_type"] = grouped_auc(values, truth, module_types)
     return {"precision": precision_at(selected, planted),
             "auc": roc_auc(scores[criterion], truth) if criterion in scores else None,
             "chance": len(planted) / len(order), "criterion": criterion, "planted": list(planted),

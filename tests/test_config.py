@@ -156,3 +156,11 @@ def test_planted_recovery_sweeps_relaxation_order_pattern_and_seed() -> None:
     cfg = compose_sweep(["experiment=planted_recovery"])
     assert cfg.task.name == "planted" and cfg.discretizer.rho == 0.25
     assert set(cfg.hydra.sweeper.params) == {"seed", "task.pattern", "relaxation", "bilevel"}
+
+
+def test_criteria_glue_sweeps_every_registered_criterion() -> None:
+    from nas.criteria import CRITERIA
+
+    cfg = compose_sweep(["experiment=criteria_glue"])
+    assert sorted(cfg.hydra.sweeper.params.criterion.split(",")) == CRITERIA.names()
+    assert cfg.retrain.epochs == 3 and cfg.hydra.sweeper.params.method == "diffora"

@@ -18,6 +18,7 @@ from nas.criteria import (
     check_finite,
     criteria_to_score,
     mean_loss,
+    normalize_scores,
     score_stage,
 )
 from nas.dam_optimizer import SharedAdam
@@ -184,3 +185,16 @@ def test_shared_adam_moves_gates_in_proportion_to_their_gradients() -> None:
         scaled.grad = 1000 * grad
         optimizer.step()
     torch.testing.assert_close(scaled.detach(), shared.detach())
+
+
+def test_type_normalization_gives_z_scores_within_each_module_type() -> None:
+    space = supernet(trained=False).space
+    raw = {c.name: (100.0 if c.module_type == "intermediate.dense" else 1.0) * (1 + c.layer) for c in space}
+    z = normalize_scores(raw, space, "type")
+    for module_type in space.module_types:
+        values = [z[c.name] for c in space if c.module_type == module_type]
+        assert sum(values) == pytest.approx(0.0, abs=1e-12) and values == sorted(values)  # layer order kept
+        assert sum(v * v for v in values) / len(values) == pytest.approx(1.0)
+    assert normalize_scores(raw, space, "none") == raw
+    with pytest.raises(ConfigError, match="criterion.normalize=layer is unknown"):
+        normalize_scores(raw, space, "layer")

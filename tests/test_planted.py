@@ -12,6 +12,7 @@ from test_determinism import TOKENIZER, synthetic_data
 
 from objectives.planted import (
     PlantedSpec,
+    grouped_auc,
     model_outputs,
     plant_deltas,
     planted_modules,
@@ -143,3 +144,22 @@ def test_precision_of_a_random_selection_averages_to_chance() -> None:
     picks = list(itertools.combinations(order, 3))
     mean = sum(precision_at(p, planted) for p in picks) / len(picks)
     assert mean == pytest.approx(3 / 9)
+
+
+def test_auc_within_type_ignores_a_scale_that_differs_by_type() -> None:
+    types = {"q0": "q", "q1": "q", "q2": "q", "f0": "ffn", "f1": "ffn", "f2": "ffn"}
+    planted = ["q1", "f1"]
+    # FFN scores are 100× the query scores, so the global ranking is by type; within each type S ranks first
+    scores = {"q0": 0.1, "q1": 0.3, "q2": 0.2, "f0": 10.0, "f1": 30.0, "f2": 20.0}
+    result = recovery([], planted, list(types), {"scaled": scores}, module_types=types)["by_criterion"]["scaled"]
+    assert result["auc_within_type"] == 1.0 and result["auc"] == 0.75  # q1 loses to both other FFN modules
+    assert grouped_auc(scores, {"q1"}, {name: "all" for name in types}) == roc_auc(scores, {"q1"})
+
+
+def test_a_rho_that_keeps_fewer_modules_than_were_planted_is_refused() -> None:
+    from nas.errors import ConfigError
+    from nas.pipeline import check_planted_fits
+
+    check_planted_fits(0.25, 36, 9)  # ρ = |S|/N fits exactly
+    with pytest.raises(ConfigError, match=r"discretizer.rho=0.2 keeps 8 of 36 modules, fewer than the 9 planted.*0.25"):
+        check_planted_fits(0.2, 36, 9)

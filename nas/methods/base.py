@@ -74,6 +74,7 @@ class Method(ABC):
     name: str = ""
     has_search: bool = False  # a search stage spends bilevel.steps before the shared loop
     has_budget: bool = True  # False: the method's size is not an adapter budget (full fine-tuning)
+    discretizes: bool = False  # True: keeps the modules the discretizer picks from per-module scores (ρ applies)
 
     @abstractmethod
     def prepare(self, ctx: MethodContext, backbone: Backbone) -> Prepared:

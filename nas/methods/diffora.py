@@ -32,6 +32,7 @@ def discretizer_options(ctx: MethodContext) -> dict[str, Any]:
 class DiffoRA(Method):
     name = "diffora"
     has_search = True
+    discretizes = True
 
     def prepare(self, ctx: MethodContext, backbone: Backbone) -> Prepared:
         cfg = ctx.cfg

@@ -20,6 +20,7 @@ from nas.outputs import write_selection
 @METHODS.register("random")
 class RandomSelection(Method):
     name = "random"
+    discretizes = True
 
     def prepare(self, ctx: MethodContext, backbone: Backbone) -> Prepared:
         cfg = ctx.cfg
