@@ -30,6 +30,7 @@ from typing import Literal
 
 import torch
 
+from nas.discretizer import finite_scores
 from nas.errors import ConfigError
 from nas.hypergradient import Batch, LossFn
 from nas.registry import Registry
@@ -208,7 +209,8 @@ def criteria_to_score(driving: str, record: Sequence[str]) -> list[str]:
 
 
 def score_stage(stage: Stage, names: Sequence[str], inputs: ScoringInput, searched: bool = True) -> dict[str, Scores]:
-    """Scores of the criteria in ``names`` that run at ``stage``; each is checked to be finite.
+    """Scores of the criteria in ``names`` that run at ``stage``; each is checked to be finite (the discretizers'
+    own check, so a NaN never reaches a ranking, selection.json or a recovery figure).
 
     With ``searched=False`` (no α-step ran) the criteria that need the search are left out."""
     results = {}
@@ -216,7 +218,8 @@ def score_stage(stage: Stage, names: Sequence[str], inputs: ScoringInput, search
         criterion = CRITERIA.get(name)
         if criterion.stage != stage or (criterion.needs_search and not searched):
             continue
-        results[name] = check_finite(name, criterion.score(inputs))
+        scores = criterion.score(inputs)
+        results[name] = finite_scores(scores, list(scores), f"criterion {name} score")
     return results
 
 
@@ -241,18 +244,3 @@ def normalize_scores(scores: Mapping[str, float], space: SearchSpace, how: str) 
         mean, std = moments[candidate.module_type]
         out[candidate.name] = (scores[candidate.name] - mean) / std if std > 0 else 0.0
     return out
-
-
-class NonFiniteScoreError(ValueError):
-    """A criterion produced NaN or ±inf: no ranking is made from it."""
-
-
-def check_finite(criterion: str, scores: Mapping[str, float]) -> Scores:
-    """``scores`` unchanged, or NonFiniteScoreError naming the modules whose score is not finite."""
-    bad = [name for name, value in scores.items() if not math.isfinite(value)]
-    if bad:
-        raise NonFiniteScoreError(
-            f"criterion {criterion}: {len(bad)} module score(s) are not finite ({', '.join(bad[:3])}"
-            f"{', …' if len(bad) > 3 else ''}); the search diverged — lower bilevel.alpha_optimizer.lr or "
-            f"bilevel.w_optimizer.lr")
-    return dict(scores)

@@ -61,16 +61,16 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, logger: Logger) -> dict[str, An
     """The whole run of ``cfg.method.name``; returns the content of ``metrics.json``."""
     total_start = time.perf_counter()
     seed_everything(cfg.seed)
-    planted = cfg.task.name == "planted"
-    num_labels = planted_spec(cfg.task).task().num_labels if planted else get_task(cfg.task.name).num_labels
+    spec = planted_spec(cfg.task) if cfg.task.name == "planted" else None
+    num_labels = spec.task().num_labels if spec is not None else get_task(cfg.task.name).num_labels
     backbone = load_backbone(cfg.model.name_or_path, num_labels, cfg.model.head_modules, cfg.model.dropout)
     try:
         space = build_search_space(backbone.model, cfg.space.preset, cfg.space.module_types, cfg.space.layers)
     except (ValueError, TypeError) as error:
         raise ConfigError(f"space: {error}") from error
     truth = None
-    if planted:
-        data, truth = prepare_planted_data(planted_spec(cfg.task), backbone.model, backbone.head_names,
+    if spec is not None:
+        data, truth = prepare_planted_data(spec, backbone.model, backbone.head_names,
                                            backbone.tokenizer, space, cfg.task.data_dir, cfg.task.max_length,
                                            cfg.device, cfg.paths.cache_dir, cfg.seed, cfg.task.max_train_samples,
                                            cfg.task.max_eval_samples)

@@ -13,9 +13,7 @@ from nas.bilevel import StepStats
 from nas.criteria import (
     CRITERIA,
     GateStatistics,
-    NonFiniteScoreError,
     ScoringInput,
-    check_finite,
     criteria_to_score,
     mean_loss,
     normalize_scores,
@@ -161,8 +159,12 @@ def test_criteria_that_need_the_search_are_left_out_without_alpha_steps() -> Non
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf])
 def test_non_finite_scores_and_losses_stop_with_the_quantity_and_step(bad: float) -> None:
-    with pytest.raises(NonFiniteScoreError, match="criterion fisher: 1 module score.*m2.*diverged"):
-        check_finite("fisher", {"m1": 0.1, "m2": bad})
+    net = supernet()
+    inputs = ScoringInput(net, loss_fn, batches(1), seed=0)
+    with torch.no_grad():
+        net.dam_logits[0, 1] = math.nan  # σ(±inf) is finite; NaN is not
+    with pytest.raises(ValueError, match=r"non-finite criterion dam score for 1 of 12.*layer\.0.*key.*diverged"):
+        score_stage("final", ["dam"], inputs)
     with pytest.raises(NonFiniteSearchError, match="search step 7: the α-loss"):
         check_step(7, StepStats(w_loss=0.3, alpha_loss=bad), torch.zeros(2, 2))
     with pytest.raises(NonFiniteSearchError, match="search step 3: the DAM logits"):
