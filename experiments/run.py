@@ -16,8 +16,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from nas.checkpoint import Checkpointer
 from nas.config import register_configs, validate_run_config
-from nas.errors import ConfigError
+from nas.errors import ConfigError, NonFiniteError
 from nas.logger import build_logger, run_group
 from nas.pipeline import run_pipeline
 
@@ -34,6 +35,8 @@ def main(cfg: DictConfig) -> float:
             result = json.loads((run_dir / "metrics.json").read_text())
             print(f"{result['task']} {result['method']} seed {result['seed']}: finished earlier in {run_dir}, skipped")
             return float(result["score"])
+        checkpoint = Checkpointer(run_dir, int(cfg.checkpoint.every), bool(cfg.resume))
+        checkpoint.start(cfg)  # on resume: refuses a missing or foreign checkpoint before anything is written
         group = run_group(cfg.logger.group, hydra_cfg.mode == RunMode.MULTIRUN, hydra_cfg.sweep.dir)
         logger = build_logger(cfg.logger.name, run_dir=run_dir, project=cfg.logger.project,
                               mode=cfg.logger.mode, group=group, tags=cfg.logger.tags,
@@ -45,10 +48,10 @@ def main(cfg: DictConfig) -> float:
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     try:
-        result = run_pipeline(cfg, run_dir, logger)
+        result = run_pipeline(cfg, run_dir, logger, checkpoint)
     except Exception as error:
         (run_dir / "FAILED").write_text(f"{type(error).__name__}: {error}\n")
-        if isinstance(error, ConfigError):
+        if isinstance(error, ConfigError | NonFiniteError):
             sys.exit(f"diffora: error: {error}")
         raise
     finally:

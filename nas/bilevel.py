@@ -20,6 +20,7 @@ from nas.hypergradient import Batch, BilevelProblem, HypergradientFn
 class StepStats:
     w_loss: float
     alpha_loss: float | None  # None while α-steps wait for the warm-up
+    w_grad_norm: float | None = None  # global norm of ∇_w L_w before clipping
     penalties: dict[str, float] = field(default_factory=dict)  # each DAM regularizer's (unweighted) value
 
 
@@ -52,6 +53,7 @@ class BilevelSearch:
         self.arch_penalty = arch_penalty
         self.steps_done = 0
         self.last_penalties: dict[str, float] = {}
+        self.last_w_grad_norm: float | None = None
 
     def alpha_step(self, w_batch: Batch, alpha_batch: Batch) -> float:
         """α ← optimizer step along the hypergradient plus ∇_α of the DAM penalty (if any); only α changes."""
@@ -70,15 +72,16 @@ class BilevelSearch:
         return result.alpha_loss
 
     def w_step(self, w_batch: Batch) -> float:
-        """w ← optimizer step along ∇_w L_w(w, α); only w changes."""
+        """w ← optimizer step along ∇_w L_w(w, α); only w changes. The gradient's global norm (before clipping)
+        is kept in ``last_w_grad_norm``."""
         params = list(self.problem.inner.values())
         loss = self.problem.loss(w_batch)
         grads = torch.autograd.grad(loss, params)
         self.w_optimizer.zero_grad(set_to_none=True)
         for parameter, grad in zip(params, grads, strict=True):
             parameter.grad = grad
-        if self.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip or float("inf"))
+        self.last_w_grad_norm = float(norm)
         self.w_optimizer.step()
         if self.w_scheduler is not None:
             self.w_scheduler.step()
@@ -91,4 +94,5 @@ class BilevelSearch:
         w_loss = self.w_step(w_batch)
         self.steps_done += 1
         return StepStats(w_loss=w_loss, alpha_loss=alpha_loss,
-                         penalties=dict(self.last_penalties) if alpha_loss is not None else {})
+                         penalties=dict(self.last_penalties) if alpha_loss is not None else {},
+                         w_grad_norm=self.last_w_grad_norm)

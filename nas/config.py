@@ -16,6 +16,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 from nas.errors import ConfigError
+from nas.precision import PRECISIONS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,6 +37,8 @@ class TaskConfig:
     max_length: int = 128
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
+    epochs: float | None = None  # the task's default training length in passes over the train set, used when
+    # neither retrain.steps nor retrain.epochs is set (conf/task/<name>.yaml sets one per task)
 
 
 @dataclass
@@ -230,8 +233,8 @@ class RetrainConfig:
 
     init: str = "shared"  # shared: warm start from the search's LoRA weights and head; fresh: re-initialize
     fold_gate: bool = True  # shared init: B ← E[γ]·B, the gate the branch was trained with (its mean if sampled)
-    steps: int = 200
-    epochs: float | None = None  # set: train ⌈epochs·|train|/batch_size⌉ steps instead of `steps`
+    steps: int | None = None  # set: exactly this many steps; null: epochs, else the task's task.epochs
+    epochs: float | None = None  # set: train ⌈epochs·|train|/batch_size⌉ steps (wins over `steps`)
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -259,11 +262,22 @@ class PathsConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """Checkpoints of the search and the training loop (nas/checkpoint.py); resume with ``resume=true``."""
+
+    every: int = 0  # steps between two saves of a stage's state (and always at its last step); 0: off
+
+
+@dataclass
 class RunConfig:
     seed: int = 0
     device: str = "cpu"
     threads: int | None = None  # torch CPU threads; null: torch's default (set 1 when a launcher runs jobs in parallel)
     skip_finished: bool = False  # a run folder that already holds metrics.json is not run again (resumable sweeps)
+    precision: str = "fp32"  # fp32 | bf16: autocast of every forward pass; weights and optimizers stay fp32
+    group_by_length: bool = False  # batches of similar length (seeded): less padding, same examples per epoch
+    resume: bool = False  # continue the run in hydra.run.dir from its last checkpoint (same config required)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -348,6 +362,8 @@ def validate_run_config(cfg: Any) -> None:
            f"proximal step; select over space.operator=lora or prolora, or run SoRA itself with method=sora")
     _check(cfg.bilevel.unrolled_step in ("optimizer", "sgd"),
            f"bilevel.unrolled_step={cfg.bilevel.unrolled_step} is unknown; choose optimizer or sgd")
+    _check(cfg.checkpoint.every >= 0, f"checkpoint.every={cfg.checkpoint.every} must be >= 0 (0 turns checkpoints off)")
+    _check(cfg.precision in PRECISIONS, f"precision={cfg.precision} is unknown; choose one of: {', '.join(PRECISIONS)}")
     _check(cfg.retrain.init in ("shared", "fresh"),
            f"retrain.init={cfg.retrain.init} is unknown; choose retrain.init=shared or retrain.init=fresh")
     _check(0.0 < cfg.bilevel.w_fraction < 1.0,
@@ -358,10 +374,15 @@ def validate_run_config(cfg: Any) -> None:
         _check(value >= 1, f"{key}={value} must be a positive integer")
     for key in ("bilevel.steps", "retrain.steps", "bilevel.warmup_steps"):
         value = OmegaConf.select(cfg, key)
-        _check(value >= 0, f"{key}={value} must be >= 0")
-    epochs = cfg.retrain.epochs
-    _check(epochs is None or (epochs > 0 and math.isfinite(epochs)),
-           f"retrain.epochs={epochs} must be a positive number of passes over the train set, or null for retrain.steps")
+        _check(value is None and key == "retrain.steps" or value is not None and value >= 0,
+               f"{key}={value} must be >= 0")
+    for key in ("retrain.epochs", "task.epochs"):
+        epochs = OmegaConf.select(cfg, key)
+        _check(epochs is None or (epochs > 0 and math.isfinite(epochs)),
+               f"{key}={epochs} must be a positive number of passes over the train set, or null")
+    _check(not (cfg.retrain.steps is None and cfg.retrain.epochs is None and cfg.task.get("epochs") is None),
+           f"task={cfg.task.name} sets no default training length: set retrain.steps=N or retrain.epochs=E (or "
+           f"task.epochs=E)")
     _check(cfg.model.dropout is None or 0.0 <= cfg.model.dropout < 1.0,
            f"model.dropout={cfg.model.dropout} must be in [0, 1), or null for the checkpoint's")
     _check(0.0 <= cfg.space.dropout < 1.0, f"space.dropout={cfg.space.dropout} must be in [0, 1)")

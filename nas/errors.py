@@ -1,5 +1,10 @@
-"""The one error type for bad input: its message names the problem and the fix."""
+"""The error types a user meets: bad input, and a run whose numbers stopped being finite."""
 
 
 class ConfigError(ValueError):
     """Raised for bad user input (config values, paths, data files) before or during a run."""
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss, a gradient or the DAM became NaN or ±inf; the message names the quantity, the stage and the step.
+    The run stops: nothing is ranked, trained further or evaluated from it, and no ``metrics.json`` is written."""

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nas.backbone import load_backbone
 from nas.budget import describe, resolve_target
+from nas.checkpoint import Checkpointer
 from nas.data import prepare_data, prepare_planted_data
 from nas.discretizer import keep_count
 from nas.errors import ConfigError
@@ -57,8 +58,10 @@ def check_planted_fits(rho: float, candidates: int, planted: int) -> None:
                           f"{planted / candidates:.4g} (|S|/N) or more")
 
 
-def run_pipeline(cfg: DictConfig, run_dir: Path, logger: Logger) -> dict[str, Any]:
-    """The whole run of ``cfg.method.name``; returns the content of ``metrics.json``."""
+def run_pipeline(cfg: DictConfig, run_dir: Path, logger: Logger,
+                 checkpoint: Checkpointer | None = None) -> dict[str, Any]:
+    """The whole run of ``cfg.method.name``; returns the content of ``metrics.json``. ``checkpoint`` saves the
+    search's and the training's state, and restores them when resuming (nas/checkpoint.py)."""
     total_start = time.perf_counter()
     seed_everything(cfg.seed)
     spec = planted_spec(cfg.task) if cfg.task.name == "planted" else None
@@ -82,16 +85,18 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, logger: Logger) -> dict[str, An
     if truth is not None and method.discretizes and cfg.discretizer.name in ("global_topk", "per_layer_topk"):
         check_planted_fits(float(cfg.discretizer.rho), len(space), len(truth.modules))
     ctx = MethodContext(cfg=cfg, data=data, space=space, run_dir=run_dir, logger=logger,
-                        budget_target=resolve_target(cfg, space) if method.has_budget else None)
+                        budget_target=resolve_target(cfg, space) if method.has_budget else None,
+                        checkpoint=checkpoint)
     prepared = method.prepare(ctx, backbone)
 
     seed_everything(cfg.seed + 1)
     train_start = time.perf_counter()
-    train_loader = make_loader(data.train, backbone.tokenizer, cfg.retrain.batch_size, True, cfg.seed)
+    train_loader = make_loader(data.train, backbone.tokenizer, cfg.retrain.batch_size, True, cfg.seed,
+                               cfg.group_by_length)
     finetune(prepared.model, prepared.params, train_loader, task, prepared.steps, prepared.lr, prepared.weight_decay,
              cfg.retrain.warmup_ratio, cfg.retrain.grad_clip, cfg.device, logger,
              step_offset=int(prepared.stage_metrics.get("search_steps", 0)), log_every=cfg.retrain.log_every,
-             hooks=prepared.hooks, desc="train")
+             hooks=prepared.hooks, desc="train", precision=cfg.precision, checkpoint=checkpoint)
     train_wall = time.perf_counter() - train_start
     counts = parameter_counts(prepared)  # before the method prunes anything
     extra = method.finalize(ctx, prepared)  # effective = what is left after the method's own pruning
@@ -99,7 +104,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, logger: Logger) -> dict[str, An
 
     eval_start = time.perf_counter()
     dev_loader = make_loader(data.dev, backbone.tokenizer, cfg.retrain.eval_batch_size, False, cfg.seed)
-    metrics = evaluate(prepared.model, dev_loader, task, cfg.device)
+    metrics = evaluate(prepared.model, dev_loader, task, cfg.device, cfg.precision)
     result = {
         "task": truth.spec.label if truth is not None else task.name, "method": cfg.method.name, "seed": cfg.seed,
         "metrics": metrics,
@@ -111,7 +116,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, logger: Logger) -> dict[str, An
         "train_steps": prepared.steps, "search_steps": 0, "search_wall_s": 0.0, **prepared.stage_metrics,
         "train_wall_s": train_wall, "eval_wall_s": time.perf_counter() - eval_start,
         "total_wall_s": time.perf_counter() - total_start,
-        "variant": dict(prepared.variant),
+        "variant": {**prepared.variant, "precision": cfg.precision, "group_by_length": cfg.group_by_length},
         "method_config": OmegaConf.to_container(cfg.method, resolve=True),
         **extra,
     }

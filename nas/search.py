@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from nas.backbone import Backbone
 from nas.bilevel import ArchPenalty, BilevelSearch, StepStats
+from nas.checkpoint import Checkpointer, load_tensors, rng_state, set_rng_state, tensors
 from nas.criteria import (
     CRITERIA,
     GateStatistics,
@@ -25,9 +26,10 @@ from nas.criteria import (
 from nas.dam_optimizer import SharedAdam
 from nas.data import TaskData
 from nas.diagnostics import summarize_dam
-from nas.errors import ConfigError
+from nas.errors import ConfigError, NonFiniteError
 from nas.hypergradient import HYPERGRADIENTS, BilevelProblem
 from nas.logger import Logger
+from nas.precision import autocast
 from nas.regularizers import RegularizerContext, build_regularizer_loss
 from nas.relaxation import Relaxation, build_relaxation
 from nas.supernet import SuperNet
@@ -58,18 +60,16 @@ class SearchOutcome:
     wall_s: float
 
 
-class NonFiniteSearchError(FloatingPointError):
-    """The search produced NaN or ±inf (a loss or the DAM); nothing is ranked from it."""
-
-
 def check_step(step: int, stats: StepStats, logits: torch.Tensor) -> None:
-    """Raise NonFiniteSearchError naming the quantity and the step when a loss or the DAM is not finite."""
-    for quantity, value in (("w-loss", stats.w_loss), ("α-loss", stats.alpha_loss)):
+    """Raise NonFiniteError naming the quantity and the step when a loss, the w-gradient or the DAM is not
+    finite."""
+    for quantity, value in (("w-loss", stats.w_loss), ("α-loss", stats.alpha_loss),
+                            ("w-gradient norm", stats.w_grad_norm)):
         if value is not None and not math.isfinite(value):
-            raise NonFiniteSearchError(f"search step {step}: the {quantity} is {value}; lower bilevel.w_optimizer.lr "
+            raise NonFiniteError(f"search step {step}: the {quantity} is {value}; lower bilevel.w_optimizer.lr "
                                        f"or bilevel.alpha_optimizer.lr, or keep bilevel.grad_clip on")
     if not bool(torch.isfinite(logits).all()):
-        raise NonFiniteSearchError(f"search step {step}: the DAM logits are not finite; lower "
+        raise NonFiniteError(f"search step {step}: the DAM logits are not finite; lower "
                                    f"bilevel.alpha_optimizer.lr")
 
 
@@ -111,9 +111,10 @@ def dam_penalty(cfg: DictConfig, supernet: SuperNet, space: SearchSpace,
 
 
 def search(cfg: DictConfig, backbone: Backbone, space: SearchSpace, data: TaskData, logger: Logger,
-           budget_target: int | None = None) -> SearchOutcome:
+           budget_target: int | None = None, checkpoint: Checkpointer | None = None) -> SearchOutcome:
     """Score the criteria that run at init, alternate α-steps (α-split) and w-steps (w-split) for
-    ``bilevel.steps`` steps, then score the criteria that run on the trained supernet."""
+    ``bilevel.steps`` steps, then score the criteria that run on the trained supernet. With ``checkpoint``, the
+    search's state is saved as stage ``search`` when due, and a saved one is restored after the init criteria."""
     b = cfg.bilevel
     relaxation = relaxation_from(cfg)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -121,8 +122,10 @@ def search(cfg: DictConfig, backbone: Backbone, space: SearchSpace, data: TaskDa
                         rank=cfg.space.rank, alpha=cfg.space.alpha, dropout=cfg.space.dropout,
                         operator_args=cfg.space.operator_args, generator=generator).to(cfg.device)
     w_idx, a_idx = split_indices(data.train["labels"], b.w_fraction, cfg.seed, not data.task.is_regression)
-    w_loader = make_loader(data.train.select(w_idx), backbone.tokenizer, b.batch_size, True, cfg.seed)
-    a_loader = make_loader(data.train.select(a_idx), backbone.tokenizer, b.batch_size, True, cfg.seed + 1)
+    w_loader = make_loader(data.train.select(w_idx), backbone.tokenizer, b.batch_size, True, cfg.seed,
+                           cfg.group_by_length)
+    a_loader = make_loader(data.train.select(a_idx), backbone.tokenizer, b.batch_size, True, cfg.seed + 1,
+                           cfg.group_by_length)
     inner = supernet.named_weight_parameters()
     w_optimizer = optimizer_from(b.w_optimizer, list(inner.values()), torch.optim.AdamW)
     alpha_optimizer = optimizer_from(b.alpha_optimizer, supernet.arch_parameters(), torch.optim.Adam)
@@ -138,15 +141,44 @@ def search(cfg: DictConfig, backbone: Backbone, space: SearchSpace, data: TaskDa
                                                               strict=False)]
     gates = GateStatistics(supernet)
     scoring = ScoringInput(supernet, problem.loss_fn, fixed, int(cfg.seed), gates)
-    criteria = score_stage("init", names, scoring)
+    with autocast(cfg.device, cfg.precision):
+        criteria = score_stage("init", names, scoring)
     supernet.train()
     w_batches, a_batches = forever(w_loader), forever(a_loader)
     trajectory: list[dict[str, Any]] = []
     start = time.perf_counter()
-    progress = tqdm(range(b.steps), desc="search", dynamic_ncols=True)
+    outer = {"dam_logits": supernet.dam_logits}
+
+    def state(step: int) -> dict[str, Any]:
+        return {"step": step, "inner": tensors(inner), "outer": tensors(outer), "w_optimizer": w_optimizer.state_dict(),
+                "alpha_optimizer": alpha_optimizer.state_dict(), "steps_done": bilevel.steps_done,
+                "sampler": None if relaxation.generator is None else relaxation.generator.get_state(),
+                "gates": {"saliency": gates.saliency.clone(), "squares": gates.squares.clone(), "steps": gates.steps},
+                "trajectory": trajectory, "wall_s": time.perf_counter() - start, "rng": rng_state()}
+
+    first = 0
+    saved = checkpoint.load("search") if checkpoint is not None else None
+    if saved is not None:
+        load_tensors(inner, saved["inner"])
+        load_tensors(outer, saved["outer"])
+        w_optimizer.load_state_dict(saved["w_optimizer"])
+        alpha_optimizer.load_state_dict(saved["alpha_optimizer"])
+        bilevel.steps_done, trajectory[:] = int(saved["steps_done"]), saved["trajectory"]
+        if saved["sampler"] is not None:
+            relaxation.generator.set_state(saved["sampler"])
+        gates.saliency.copy_(saved["gates"]["saliency"])
+        gates.squares.copy_(saved["gates"]["squares"])
+        gates.steps = int(saved["gates"]["steps"])
+        first = int(saved["step"]) + 1
+        for _ in range(first):  # the loaders' own generators replay the batches already seen
+            next(w_batches), next(a_batches)
+        start -= float(saved["wall_s"])
+        set_rng_state(saved["rng"])
+    progress = tqdm(range(first, b.steps), desc="search", dynamic_ncols=True, initial=first, total=b.steps)
     for step in progress:
         relaxation.set_progress(step / max(b.steps - 1, 1))
-        stats = bilevel.step(to_device(next(w_batches), cfg.device), to_device(next(a_batches), cfg.device))
+        with autocast(cfg.device, cfg.precision):
+            stats = bilevel.step(to_device(next(w_batches), cfg.device), to_device(next(a_batches), cfg.device))
         check_step(step, stats, supernet.dam_logits.detach())
         if stats.alpha_loss is not None and supernet.gate_probe.grad is not None:
             gates.update(supernet.gate_probe.grad)
@@ -162,13 +194,16 @@ def search(cfg: DictConfig, backbone: Backbone, space: SearchSpace, data: TaskDa
             if stats.alpha_loss is not None:
                 values["search/alpha_loss"] = stats.alpha_loss
             logger.log(values, step=step)
+        if checkpoint is not None and checkpoint.due(step, b.steps - 1):
+            checkpoint.save("search", state(step))
     supernet.detach_gates()
     wall = time.perf_counter() - start
     if gates.steps == 0 and CRITERIA.get(cfg.criterion.name).needs_search:
         raise ConfigError(f"criterion={cfg.criterion.name} needs the search's α-steps and none ran "
                           f"(bilevel.steps={b.steps}, warmup_steps={b.warmup_steps}); give the search α-steps or "
                           f"use criterion=grad_norm or criterion=random")
-    criteria |= score_stage("final", names, scoring, searched=gates.steps > 0)
+    with autocast(cfg.device, cfg.precision):
+        criteria |= score_stage("final", names, scoring, searched=gates.steps > 0)
     ordered = {name: normalize_scores(criteria[name], space, cfg.criterion.normalize) for name in names
                if name in criteria}
     return SearchOutcome(supernet, supernet.export_probs(), ordered, trajectory, wall)

@@ -2,28 +2,65 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from datasets import Dataset
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
+from nas.checkpoint import Checkpointer, load_tensors, rng_state, set_rng_state, tensors
+from nas.errors import NonFiniteError
 from nas.logger import Logger
+from nas.precision import autocast
 from objectives import GlueTask, compute_metrics, predictions_from_logits, task_loss
 
 Batch = Mapping[str, torch.Tensor]
 
 
+class LengthGroupedBatches(Sampler[list[int]]):
+    """Shuffled batches of similar length, seeded: each pass draws a random order of all examples, cuts it into
+    windows of ``window`` batches, sorts each window by length (longest first, ties in the drawn order), cuts it
+    into batches and shuffles the order of all batches. Every example is seen once per pass, as with plain
+    shuffling, but a batch pads to a length close to its members' own (HF's ``group_by_length`` idea)."""
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, generator: torch.Generator, window: int = 50) -> None:
+        if batch_size < 1 or window < 1:
+            raise ValueError(f"batch_size={batch_size} and window={window} must be positive")
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.generator = generator
+        self.window = window
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = torch.randperm(len(self.lengths), generator=self.generator).tolist()
+        span = self.window * self.batch_size
+        batches: list[list[int]] = []
+        for start in range(0, len(order), span):
+            chunk = sorted(order[start:start + span], key=lambda i: -self.lengths[i])
+            batches += [chunk[j:j + self.batch_size] for j in range(0, len(chunk), self.batch_size)]
+        for index in torch.randperm(len(batches), generator=self.generator).tolist():
+            yield batches[index]
+
+
 def make_loader(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, batch_size: int, shuffle: bool,
-                seed: int) -> DataLoader:
-    """Batches padded to their own longest sequence (dynamic padding)."""
+                seed: int, group_by_length: bool = False) -> DataLoader:
+    """Batches padded to their own longest sequence (dynamic padding); with ``group_by_length`` (and
+    ``shuffle``) the batches are :class:`LengthGroupedBatches`, so each pads less."""
     generator = torch.Generator().manual_seed(seed)
     collator = DataCollatorWithPadding(tokenizer)
+    if group_by_length and shuffle:
+        lengths = [len(ids) for ids in dataset["input_ids"]]
+        return DataLoader(dataset, batch_sampler=LengthGroupedBatches(lengths, batch_size, generator),
+                          collate_fn=collator)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collator,
                       generator=generator if shuffle else None)
 
@@ -58,10 +95,13 @@ def linear_warmup_schedule(optimizer: torch.optim.Optimizer, steps: int, warmup_
 def finetune(model: nn.Module, params: list[nn.Parameter], loader: DataLoader, task: GlueTask, steps: int,
              lr: float, weight_decay: float, warmup_ratio: float, grad_clip: float | None, device: str,
              logger: Logger, step_offset: int = 0, log_every: int = 10, desc: str = "retrain",
-             hooks: TrainingHooks | None = None) -> float:
+             hooks: TrainingHooks | None = None, precision: str = "fp32",
+             checkpoint: Checkpointer | None = None) -> float:
     """AdamW with linear warm-up and decay for ``steps`` steps on ``params``; returns the last loss.
 
-    Per step: L = task loss + hooks.extra_loss; backward; clip ``params``; step; hooks.after_optimizer_step.
+    Per step: L = task loss + hooks.extra_loss (forward under ``precision``, nas/precision.py); backward; clip
+    ``params``; step; hooks.after_optimizer_step. With ``checkpoint``, the state after a due step is saved as the
+    stage ``desc`` (nas/checkpoint.py), and a saved state of that stage is restored before the first step.
     """
     hooks = hooks or TrainingHooks()
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
@@ -70,17 +110,30 @@ def finetune(model: nn.Module, params: list[nn.Parameter], loader: DataLoader, t
     model.train()
     batches = forever(loader)
     last = float("nan")
-    progress = tqdm(range(steps), desc=desc, dynamic_ncols=True)
+    trained = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    start = 0
+    saved = checkpoint.load(desc) if checkpoint is not None else None
+    if saved is not None:
+        load_tensors(trained, saved["tensors"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        hooks.load_state_dict(saved["hooks"])
+        start, last = int(saved["step"]) + 1, float(saved["loss"])
+        for _ in range(start):  # the loader's own generator replays the batches already seen
+            next(batches)
+        set_rng_state(saved["rng"])
+    progress = tqdm(range(start, steps), desc=desc, dynamic_ncols=True, initial=start, total=steps)
     for step in progress:
         batch = to_device(next(batches), device)
         inputs = {k: v for k, v in batch.items() if k != "labels"}
-        task_loss_value = compute_loss(model(**inputs), batch)
+        with autocast(device, precision):
+            task_loss_value = compute_loss(model(**inputs), batch)
         extra = hooks.extra_loss(model)
         loss = task_loss_value if extra is None else task_loss_value + extra
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip or float("inf")))
+        check_finite(desc, step, {"loss": float(loss.detach()), "gradient norm": grad_norm})
         optimizer.step()
         scheduler.step()
         values = hooks.after_optimizer_step(step)
@@ -91,7 +144,20 @@ def finetune(model: nn.Module, params: list[nn.Parameter], loader: DataLoader, t
             if extra is not None:
                 logged[f"{desc}/extra_loss"] = float(extra.detach())
             logger.log(logged, step=step_offset + step)
+        if checkpoint is not None and checkpoint.due(step, steps - 1):
+            checkpoint.save(desc, {"step": step, "loss": last, "tensors": tensors(trained),
+                                   "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                   "hooks": hooks.state_dict(), "rng": rng_state()})
     return last
+
+
+def check_finite(stage: str, step: int, values: Mapping[str, float]) -> None:
+    """Raise :class:`NonFiniteError` naming the first non-finite quantity, the stage and the step (before the
+    optimizer step, so the weights stay as they were)."""
+    for quantity, value in values.items():
+        if not math.isfinite(value):
+            raise NonFiniteError(f"{stage} step {step}: the {quantity} is {value}; lower retrain.lr (or method.lr), "
+                                 f"keep retrain.grad_clip on, or try precision=fp32")
 
 
 class TrainingHooks:
@@ -108,10 +174,18 @@ class TrainingHooks:
         """Called once per step with the 0-based step; returns values to log."""
         return {}
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint must keep besides the trained tensors (e.g. a second optimizer's moments)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s content."""
+
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, task: GlueTask, device: str) -> dict[str, float]:
-    """The task's official GLUE metrics on every batch of ``loader``."""
+def evaluate(model: nn.Module, loader: DataLoader, task: GlueTask, device: str,
+             precision: str = "fp32") -> dict[str, float]:
+    """The task's official GLUE metrics on every batch of ``loader`` (forward passes under ``precision``)."""
     was_training = model.training
     model.eval()
     predictions: list[np.ndarray] = []
@@ -119,7 +193,9 @@ def evaluate(model: nn.Module, loader: DataLoader, task: GlueTask, device: str) 
     for batch in tqdm(loader, desc="evaluate", dynamic_ncols=True):
         batch = to_device(batch, device)
         inputs = {k: v for k, v in batch.items() if k != "labels"}
-        predictions.append(predictions_from_logits(model(**inputs).logits, task))
+        with autocast(device, precision):
+            logits = model(**inputs).logits
+        predictions.append(predictions_from_logits(logits.float(), task))
         labels.append(batch["labels"].cpu().numpy())
     model.train(was_training)
     return compute_metrics(task, np.concatenate(predictions), np.concatenate(labels))

@@ -92,6 +92,22 @@ def test_bad_input_fails_with_one_clear_line(tmp_path: Path, overrides: list[str
     assert not (run_dir / "metrics.json").exists() and not (run_dir / "selection.json").exists()
 
 
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["bilevel.w_optimizer.lr=1e6", "bilevel.steps=20"], "search step 2: the w-loss is nan"),
+    (["method=lora", "retrain.lr=1e6", "retrain.steps=20"], "train step 3: the loss is nan"),
+])
+def test_a_diverging_run_stops_with_the_quantity_and_the_step(tmp_path: Path, overrides: list[str],
+                                                             message: str) -> None:
+    """A learning rate that blows the run up: one error line, FAILED says why, no metrics.json."""
+    result = run(["task=mrpc", "debug=smoke", "logger=none", "retrain.export_adapter=false",
+                  f"hydra.run.dir={tmp_path}", *overrides])
+    assert result.returncode != 0
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("diffora: error:") and message in last_line, result.stderr[-2000:]
+    assert message in (tmp_path / "FAILED").read_text()
+    assert not (tmp_path / "metrics.json").exists()
+
+
 BASELINES = ["random", "lora", "prolora", "adalora", "sora", "full_ft"]
 
 

@@ -81,12 +81,22 @@ def test_unknown_group_option_lists_the_available_ones() -> None:
         ("bilevel.w_fraction=1.0", "w_fraction"),
         ("space.rank=0", "space.rank=0 must be a positive integer"),
         ("method.name=adaloraa", "method=adaloraa is unknown; choose one of: adalora, diffora"),
+        ("precision=fp16", "precision=fp16 is unknown; choose one of: fp32, bf16"),
+        ("task.epochs=null", "task=sst2 sets no default training length: set retrain.steps=N or retrain.epochs"),
+        ("task.epochs=-1", "task.epochs=-1.0 must be a positive number of passes"),
     ],
 )
 def test_bad_values_name_the_problem_and_the_fix(override: str, message: str) -> None:
     cfg = compose_run([override])
     with pytest.raises(ConfigError, match=message):
         validate_run_config(cfg)
+
+
+@pytest.mark.parametrize("task", ["cola", "sst2", "mrpc", "rte", "stsb", "wnli", "planted"])
+def test_every_task_has_a_default_training_length(task: str) -> None:
+    """No task's default run falls back to a fixed step count (200 steps left CoLA at MCC 0 for every method)."""
+    cfg = compose_run([f"task={task}"])
+    assert cfg.retrain.steps is None and cfg.retrain.epochs is None and cfg.task.epochs > 0
 
 
 def compose_sweep(overrides: list[str]) -> DictConfig:

@@ -20,9 +20,9 @@ from nas.criteria import (
     score_stage,
 )
 from nas.dam_optimizer import SharedAdam
-from nas.errors import ConfigError
+from nas.errors import ConfigError, NonFiniteError
 from nas.relaxation import build_relaxation
-from nas.search import NonFiniteSearchError, check_step
+from nas.search import check_step
 from nas.supernet import SuperNet
 from objectives import get_task, task_loss
 from search_spaces import build_search_space
@@ -165,9 +165,9 @@ def test_non_finite_scores_and_losses_stop_with_the_quantity_and_step(bad: float
         net.dam_logits[0, 1] = math.nan  # σ(±inf) is finite; NaN is not
     with pytest.raises(ValueError, match=r"non-finite criterion dam score for 1 of 12.*layer\.0.*key.*diverged"):
         score_stage("final", ["dam"], inputs)
-    with pytest.raises(NonFiniteSearchError, match="search step 7: the α-loss"):
+    with pytest.raises(NonFiniteError, match="search step 7: the α-loss"):
         check_step(7, StepStats(w_loss=0.3, alpha_loss=bad), torch.zeros(2, 2))
-    with pytest.raises(NonFiniteSearchError, match="search step 3: the DAM logits"):
+    with pytest.raises(NonFiniteError, match="search step 3: the DAM logits"):
         check_step(3, StepStats(w_loss=0.3, alpha_loss=0.2), torch.tensor([[0.0, bad]]))
 
 

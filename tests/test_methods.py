@@ -195,6 +195,8 @@ def test_diffora_selects_by_its_criterion_and_records_every_criterion(tmp_path: 
     (["retrain.epochs=0.5", "retrain.batch_size=5"], 5),  # ⌈0.5 · 48 / 5⌉ = ⌈4.8⌉
     (["retrain.epochs=1", "retrain.batch_size=8", "bilevel.steps=3"], 9),  # + the search's steps (match_steps)
     (["retrain.steps=7"], 7),
+    (["retrain.steps=null", "task.epochs=2", "retrain.batch_size=8"], 12),  # the task's default length
+    (["retrain.steps=7", "retrain.epochs=1", "retrain.batch_size=8"], 6),  # retrain.epochs wins
 ])
 def test_training_length_in_epochs_counts_the_train_set(tmp_path: Path, overrides: list[str], steps: int) -> None:
     ctx, backbone = context(tmp_path, ["method=lora", *overrides])

@@ -72,6 +72,21 @@ class AdaLoRAHooks(TrainingHooks):
         self.peft_model.base_model.update_and_allocate(step)
         return {"adalora/total_rank": float(sum(final_ranks(self.layers).values()))}
 
+    def state_dict(self) -> dict[str, Any]:
+        """peft's importance averages (RankAllocator) and the rank pattern it has fixed so far."""
+        model = self.peft_model.base_model
+        allocator = model.rankallocator
+        config = model.peft_config[model.trainable_adapter_name]
+        return {"ipt": allocator.ipt, "exp_avg_ipt": allocator.exp_avg_ipt, "exp_avg_unc": allocator.exp_avg_unc,
+                "rank_pattern": config.rank_pattern}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        model = self.peft_model.base_model
+        allocator = model.rankallocator
+        allocator.ipt, allocator.exp_avg_ipt, allocator.exp_avg_unc = (state["ipt"], state["exp_avg_ipt"],
+                                                                       state["exp_avg_unc"])
+        model.peft_config[model.trainable_adapter_name].rank_pattern = state["rank_pattern"]
+
 
 def schedule(steps: int, tinit: int | None, tfinal: int | None) -> tuple[int, int]:
     """(tinit, tfinal): given, or 15% and 35% of the steps (the budget shrinks during the middle half)."""

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from nas.backbone import Backbone
+from nas.checkpoint import Checkpointer
 from nas.data import TaskData
 from nas.logger import Logger
 from nas.registry import Registry
@@ -35,6 +36,7 @@ class MethodContext:
     run_dir: Path
     logger: Logger
     budget_target: int | None  # adapter parameters to meet (head excluded), or None when budgets are not matched
+    checkpoint: Checkpointer | None = None  # saves and restores the search's and the training's state
 
     @property
     def task(self):
@@ -90,13 +92,15 @@ METHODS: Registry[type[Method]] = Registry("method")
 
 
 def train_steps(ctx: MethodContext, has_search: bool) -> int:
-    """Steps of the shared loop: ``retrain.steps``, or ⌈retrain.epochs · |train| / retrain.batch_size⌉ when
-    ``retrain.epochs`` is set; plus bilevel.steps for methods without a search stage when ``budget.match_steps``
-    is set (every method then makes the same number of weight updates)."""
+    """Steps of the shared loop: ⌈E · |train| / retrain.batch_size⌉ for E = ``retrain.epochs`` when set, else
+    ``retrain.steps`` when set, else E = ``task.epochs`` (each task's default length); plus bilevel.steps for
+    methods without a search stage when ``budget.match_steps`` is set (every method then makes the same number
+    of weight updates)."""
     epochs = ctx.cfg.retrain.epochs
-    if epochs is None:
+    if epochs is None and ctx.cfg.retrain.steps is not None:
         steps = int(ctx.cfg.retrain.steps)
     else:
+        epochs = epochs if epochs is not None else ctx.cfg.task.epochs
         steps = math.ceil(float(epochs) * len(ctx.data.train) / int(ctx.cfg.retrain.batch_size))
     if ctx.cfg.budget.match_steps and not has_search:
         steps += int(ctx.cfg.bilevel.steps)

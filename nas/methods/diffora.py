@@ -36,7 +36,7 @@ class DiffoRA(Method):
 
     def prepare(self, ctx: MethodContext, backbone: Backbone) -> Prepared:
         cfg = ctx.cfg
-        outcome = search(cfg, backbone, ctx.space, ctx.data, ctx.logger, ctx.budget_target)
+        outcome = search(cfg, backbone, ctx.space, ctx.data, ctx.logger, ctx.budget_target, ctx.checkpoint)
         criterion = cfg.criterion.name
         discretize = build_discretizer(discretizer_options(ctx))
         selected = discretize(DiscretizeInput(outcome.criteria[criterion], ctx.space))

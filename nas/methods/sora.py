@@ -36,6 +36,17 @@ class SoRAHooks(TrainingHooks):
         gates = torch.cat([g.detach().flatten() for g in self.gate_optimizer.gates])
         return {"sora/open_gates": float((gates != 0).float().mean())}
 
+    def state_dict(self) -> dict[str, Any]:
+        g = self.gate_optimizer
+        return {"optimizer": g.optimizer.state_dict(), "scheduler": g.scheduler.state_dict(),
+                "last_threshold": g.last_threshold}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        g = self.gate_optimizer
+        g.optimizer.load_state_dict(state["optimizer"])
+        g.scheduler.load_state_dict(state["scheduler"])
+        g.last_threshold = state["last_threshold"]
+
 
 @METHODS.register("sora")
 class SoRA(Method):

