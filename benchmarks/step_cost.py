@@ -186,7 +186,9 @@ def main() -> None:
     for precision in args.precisions:
         for mode in MODES:
             out = subprocess.run([sys.executable, __file__, "--mode", mode, "--precision", precision, *common],
-                                 capture_output=True, text=True, check=True, cwd=ROOT)
+                                 capture_output=True, text=True, cwd=ROOT)
+            if out.returncode != 0:
+                sys.exit(f"step_cost: mode {mode} ({precision}) failed:\n{out.stderr[-3000:]}")
             steps.setdefault(precision, {})[mode] = json.loads(out.stdout.strip().splitlines()[-1])
             print(f"{precision} {mode:12s} {steps[precision][mode]['step_s']:.4f} s/step", flush=True)
     base = steps["fp32" if "fp32" in steps else args.precisions[0]]

@@ -99,3 +99,14 @@ def load_backbone(name_or_path: str, num_labels: int, head_modules: list[str] | 
                 module.p = float(dropout)
     missing = set(info.get("missing_keys", ()))
     return Backbone(model, tokenizer, head_parameter_names(model, head_modules, missing), path)
+
+
+def reset_head(backbone: Backbone) -> None:
+    """Re-initialize the task head in place, as loading the checkpoint anew would (the model's own
+    ``_init_weights``, from torch's global generator): a fresh head without a second copy of the backbone."""
+    init = getattr(backbone.model, "_init_weights", None)
+    if init is None:
+        raise TypeError(f"{type(backbone.model).__name__} has no _init_weights; cannot re-initialize its head")
+    for module_name in dict.fromkeys(name.rpartition(".")[0] for name in backbone.head_names):
+        module = backbone.model.get_submodule(module_name)
+        init(module)

@@ -8,6 +8,7 @@ logger)`` writes ``selection.json`` (and for DiffoRA ``dam.png``, ``dam_trajecto
 
 from __future__ import annotations
 
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, logger: Logger,
         "train_steps": prepared.steps, "search_steps": 0, "search_wall_s": 0.0, **prepared.stage_metrics,
         "train_wall_s": train_wall, "eval_wall_s": time.perf_counter() - eval_start,
         "total_wall_s": time.perf_counter() - total_start,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: ru_maxrss is in KiB
         "variant": {**prepared.variant, "precision": cfg.precision, "group_by_length": cfg.group_by_length},
         "method_config": OmegaConf.to_container(cfg.method, resolve=True),
         **extra,

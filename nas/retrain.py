@@ -30,19 +30,26 @@ def adapt_selected(model: nn.Module, head_names: list[str], selected: list[str],
     """Freeze ``model``, wrap ``selected``, make the head trainable; warm-start from ``supernet`` if given.
 
     ``gates`` (module → c, e.g. :func:`expected_gates`) are folded into the warm-started branches: ΔW ← c·ΔW
-    (B ← c·B).
+    (B ← c·B). When ``model`` is the supernet's own model, the supernet is unwrapped in place
+    (:meth:`SuperNet.unwrap`) and its head is already the searched one: no second copy of the backbone exists.
     """
+    trained: dict[str, nn.Module] = {}
+    if supernet is not None:
+        in_place = supernet.model is model
+        source = None if in_place else supernet.model
+        trained = supernet.unwrap() if in_place else {n: a.branch for n, a in supernet.adapters.items()}
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     adapters = inject_adapters(model, selected, operator, rank, alpha, dropout, operator_args)
     if supernet is not None:
         for name, adapter in adapters.items():
-            adapter.branch.load_state_dict(supernet.adapters[name].branch.state_dict())
+            adapter.branch.load_state_dict(trained[name].state_dict())
             if gates is not None:
                 adapter.branch.scale_output_(gates[name])
-        with torch.no_grad():
-            for name in head_names:
-                model.get_parameter(name).copy_(supernet.model.get_parameter(name))
+        if source is not None:
+            with torch.no_grad():
+                for name in head_names:
+                    model.get_parameter(name).copy_(source.get_parameter(name))
     for name in head_names:
         model.get_parameter(name).requires_grad_(True)
     return adapters

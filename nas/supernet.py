@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nas.operators import AdaptedLinear, inject_adapters
+from nas.operators import AdaptedLinear, inject_adapters, replace_module
 from nas.relaxation import Relaxation
 from search_spaces.space import SearchSpace
 
@@ -80,6 +80,17 @@ class SuperNet(nn.Module):
         for (name, adapter), (row, col) in zip(self.adapters.items(), self._coordinates, strict=True):
             adapter.gate = matrix[row, col] * 0.0 if name in self.removed else matrix[row, col]
         return self.model(**batch)
+
+    def unwrap(self) -> dict[str, nn.Module]:
+        """Put every candidate's base layer back into the model and return the trained branches by name: the
+        model is the plain backbone again (with the search's head), to be adapted for retraining without loading
+        it a second time. The supernet has no branch afterwards and must not be run again."""
+        branches = {}
+        for name, adapter in self.adapters.items():
+            replace_module(self.model, name, adapter.base_layer)
+            branches[name] = adapter.branch
+        self.adapters = {}
+        return branches
 
     def detach_gates(self) -> None:
         """Drop the γ tensors held by the branches (they reference the last forward's graph)."""

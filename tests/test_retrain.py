@@ -69,3 +69,42 @@ def test_folded_gates_are_the_expected_training_gates(relaxation: str) -> None:
     adapters = adapt_selected(tiny_bert(seed=0), HEAD, selected, "lora", 4, 8.0, 0.0, supernet=net, gates=gates)
     for name, adapter in adapters.items():
         torch.testing.assert_close(adapter.branch.lora_B, gates[name] * net.adapters[name].branch.lora_B)
+
+
+def test_the_supernet_becomes_the_retrained_model_in_place(batch: dict) -> None:
+    """One model per run: adapting the supernet's own model unwraps it, keeps the searched head and gives the
+    same function as a retrained copy built on a second backbone."""
+    net, copy_net = trained_looking_supernet(), trained_looking_supernet()
+    scores = net.export_probs()
+    selected = sorted(scores, key=scores.get)[-6:]
+    copy = tiny_bert(seed=0)
+    adapt_selected(copy, HEAD, selected, "lora", 4, 8.0, 0.0, supernet=copy_net, gates=scores)
+    model = net.model
+    adapters = adapt_selected(model, HEAD, selected, "lora", 4, 8.0, 0.0, supernet=net, gates=scores)
+    assert sorted(adapters) == sorted(selected) and not net.adapters
+    wrapped = {n for n, m in model.named_modules() if type(m).__name__ == "AdaptedLinear"}
+    assert wrapped == set(selected)  # every other candidate is its plain base layer again
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == \
+        {f"{n}.branch.lora_{m}" for n in selected for m in "AB"} | set(HEAD)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    torch.testing.assert_close(model.eval()(**inputs).logits, copy.eval()(**inputs).logits)
+
+
+def test_a_diffora_run_loads_the_backbone_once(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from conftest import compose_run
+    from transformers import AutoModelForSequenceClassification
+
+    from nas.logger import NullLogger
+    from nas.pipeline import run_pipeline
+
+    loads = []
+    original = AutoModelForSequenceClassification.from_pretrained
+    monkeypatch.setattr(AutoModelForSequenceClassification, "from_pretrained",
+                        lambda *args, **kwargs: loads.append(args) or original(*args, **kwargs))
+    for init in ("shared", "fresh"):
+        loads.clear()
+        cfg = compose_run(["debug=smoke", "logger=none", "retrain.export_adapter=false", "bilevel.steps=2",
+                           "retrain.steps=2", "criterion.record=[dam]", f"retrain.init={init}"])
+        result = run_pipeline(cfg, tmp_path, NullLogger())
+        assert len(loads) == 1, init
+        assert result["num_selected"] == 18 and result["peak_rss_mb"] > 0

@@ -6,7 +6,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from nas.backbone import Backbone, load_backbone
+from nas.backbone import Backbone, reset_head
 from nas.diagnostics import summarize_dam
 from nas.discretizer import DiscretizeInput, build_discretizer
 from nas.methods.adapters import adapted_model, export_lora_adapter
@@ -51,13 +51,15 @@ class DiffoRA(Method):
                         title=f"DAM trajectory · {ctx.task.name} · {cfg.relaxation.name} · seed {cfg.seed}")
         tqdm.write(f"selected {len(selected)}/{len(ctx.space)} modules:\n  " + "\n  ".join(selected))
 
-        fresh = load_backbone(cfg.model.name_or_path, ctx.task.num_labels, cfg.model.head_modules,
-                              cfg.model.dropout)
+        # one model per run: the supernet's own backbone becomes the retrained model (no second load)
         shared = cfg.retrain.init == "shared"
-        prepared = adapted_model(ctx, fresh, selected, cfg.space.operator, int(cfg.space.rank),
+        gates = expected_gates(outcome.supernet) if shared and cfg.retrain.fold_gate else None
+        if not shared:
+            outcome.supernet.unwrap()
+            reset_head(backbone)
+        prepared = adapted_model(ctx, backbone, selected, cfg.space.operator, int(cfg.space.rank),
                                  cfg.space.operator_args, has_search=True,
-                                 supernet=outcome.supernet if shared else None,
-                                 gates=expected_gates(outcome.supernet) if shared and cfg.retrain.fold_gate else None)
+                                 supernet=outcome.supernet if shared else None, gates=gates)
         prepared.stage_metrics = {"search_steps": int(cfg.bilevel.steps), "search_wall_s": outcome.wall_s,
                                   "diagnostics": summarize_dam(outcome.scores)}
         prepared.scores, prepared.criterion = outcome.criteria, criterion
