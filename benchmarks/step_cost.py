@@ -12,7 +12,9 @@ so that its peak memory is its own, after 2 warm-up steps, the median seconds pe
 - ``retrain_half``: our LoRA on a ρ=0.5 selection (half the candidates, seeded): DiffoRA's retrain step;
 - ``search1`` / ``search2``: one search step (α-step + w-step) with the first- and second-order hypergradient;
 
-each in fp32 and bf16 (``--precisions``). Then the wall time of whole runs through ``experiments/run.py``
+each in fp32 and bf16 (``--precisions``). Step times on a shared CPU drift by ±20% from one process to the
+next, so the whole list of modes is run ``--repeats`` times, interleaved, and each mode's fastest median is
+kept (the spread over repeats is in the JSON). Then the wall time of whole runs through ``experiments/run.py``
 (DiffoRA: search + discretize + retrain + evaluate; LoRA with the same number of weight updates). Ratios:
 ``lora_vs_peft``, ``retrain_half_vs_lora``, ``search1_vs_lora``, ``search2_vs_search1`` (fp32), ``bf16_vs_fp32``
 (LoRA step) and ``pipeline_vs_lora``; printed and written to ``--json``. A ratio below 1 means ours is faster.
@@ -144,6 +146,16 @@ def measure(mode: str, args: argparse.Namespace, precision: str) -> dict[str, fl
     return result
 
 
+def device_name(device: str) -> str:
+    import platform
+
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+
+
 def pipeline_wall(method: str, args: argparse.Namespace) -> float:
     """Seconds of a whole ``experiments/run.py`` run (process start to exit) on the benchmark's task."""
     with tempfile.TemporaryDirectory() as run_dir:
@@ -169,6 +181,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved passes over all modes; fastest kept")
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--pipeline-steps", type=int, default=20,
                         help="search and retrain steps of the whole-run comparison (LoRA gets their sum); 0: skip")
@@ -183,14 +196,18 @@ def main() -> None:
               "--steps", str(args.steps),
               "--batch-size", str(args.batch_size), "--max-length", str(args.max_length)]
     steps: dict[str, dict[str, dict[str, float]]] = {}
-    for precision in args.precisions:
-        for mode in MODES:
-            out = subprocess.run([sys.executable, __file__, "--mode", mode, "--precision", precision, *common],
-                                 capture_output=True, text=True, cwd=ROOT)
-            if out.returncode != 0:
-                sys.exit(f"step_cost: mode {mode} ({precision}) failed:\n{out.stderr[-3000:]}")
-            steps.setdefault(precision, {})[mode] = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"{precision} {mode:12s} {steps[precision][mode]['step_s']:.4f} s/step", flush=True)
+    for repeat in range(args.repeats):
+        for precision in args.precisions:
+            for mode in MODES:
+                out = subprocess.run([sys.executable, __file__, "--mode", mode, "--precision", precision, *common],
+                                     capture_output=True, text=True, cwd=ROOT)
+                if out.returncode != 0:
+                    sys.exit(f"step_cost: mode {mode} ({precision}) failed:\n{out.stderr[-3000:]}")
+                result = json.loads(out.stdout.strip().splitlines()[-1])
+                kept = steps.setdefault(precision, {}).setdefault(mode, {**result, "repeats_s": []})
+                kept["repeats_s"].append(result["step_s"])
+                kept["step_s"] = min(kept["repeats_s"])
+                print(f"repeat {repeat} {precision} {mode:12s} {result['step_s']:.4f} s/step", flush=True)
     base = steps["fp32" if "fp32" in steps else args.precisions[0]]
     ratios = {"lora_vs_peft": base["lora"]["step_s"] / base["peft"]["step_s"],
               "retrain_half_vs_lora": base["retrain_half"]["step_s"] / base["lora"]["step_s"],
@@ -203,6 +220,7 @@ def main() -> None:
         walls = {"diffora_s": pipeline_wall("diffora", args), "lora_s": pipeline_wall("lora", args)}
         ratios["pipeline_vs_lora"] = walls["diffora_s"] / walls["lora_s"]
     report = {"settings": {k: v for k, v in vars(args).items() if k not in ("mode", "precision", "json")},
+              "device_name": device_name(args.device),
               "threads": os.cpu_count(), "steps": steps, "pipeline_wall": walls, "ratios": ratios}
     print(f"task={args.task} model={args.model} device={args.device} batch={args.batch_size} "
           f"max_length={args.max_length} (ratios from {'fp32' if 'fp32' in steps else args.precisions[0]} steps)")

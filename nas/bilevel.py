@@ -75,8 +75,7 @@ class BilevelSearch:
         """w ← optimizer step along ∇_w L_w(w, α); only w changes. The gradient's global norm (before clipping)
         is kept in ``last_w_grad_norm``."""
         params = list(self.problem.inner.values())
-        loss = self.problem.loss(w_batch)
-        grads = torch.autograd.grad(loss, params)
+        grads, loss = self.problem.grads(w_batch, params)
         self.w_optimizer.zero_grad(set_to_none=True)
         for parameter, grad in zip(params, grads, strict=True):
             parameter.grad = grad
@@ -85,7 +84,7 @@ class BilevelSearch:
         self.w_optimizer.step()
         if self.w_scheduler is not None:
             self.w_scheduler.step()
-        return float(loss.detach())
+        return loss
 
     def step(self, w_batch: Batch, alpha_batch: Batch) -> StepStats:
         alpha_loss = None

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from nas.errors import ConfigError
+from nas.errors import ConfigError, NonFiniteError
 
 # Settings that may change between a run and its resumption: where and how it runs, not what it computes.
 VOLATILE = ("resume", "skip_finished", "threads", "device", "logger", "paths", "checkpoint",
@@ -65,9 +65,15 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def tensors(named: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Detached CPU copies, for a checkpoint."""
-    return {name: t.detach().to("cpu", copy=True) for name, t in named.items()}
+def tensors(named: Mapping[str, torch.Tensor], stage: str = "", step: int = -1) -> dict[str, torch.Tensor]:
+    """Detached CPU copies, for a checkpoint; a non-finite tensor raises :class:`NonFiniteError` naming the stage
+    and step instead, so that the last checkpoint on disk stays the last good one."""
+    copies = {name: t.detach().to("cpu", copy=True) for name, t in named.items()}
+    bad = [name for name, t in copies.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise NonFiniteError(f"{stage} step {step}: the trained weights are not finite ({', '.join(bad[:3])}); "
+                             f"lower the learning rate, or keep grad_clip on")
+    return copies
 
 
 def load_tensors(named: Mapping[str, torch.Tensor], saved: Mapping[str, torch.Tensor]) -> None:
@@ -88,6 +94,7 @@ class Checkpointer:
     run_dir: Path
     every: int = 0
     resume: bool = False
+    writer: bool = True  # False on every process but the main one: they read checkpoints, never write them
 
     @property
     def folder(self) -> Path:
@@ -98,6 +105,8 @@ class Checkpointer:
         return self.every > 0 and ((step + 1) % self.every == 0 or step == last)
 
     def save(self, stage: str, state: dict[str, Any]) -> None:
+        if not self.writer:
+            return
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"{stage}.pt"
         tmp = path.with_suffix(".pt.tmp")
@@ -123,11 +132,12 @@ class Checkpointer:
                                   f"resume")
             differ = diff(json.loads(record.read_text()), json.loads(json.dumps(identity(cfg), default=str)))
             if differ:
-                self._restore_hydra_files()  # Hydra rewrote .hydra/ before this check: put the original back
+                if self.writer:
+                    self._restore_hydra_files()  # Hydra rewrote .hydra/ before this check: put the original back
                 raise ConfigError(f"resume=true, but the checkpoint in {self.folder} is from another configuration: "
                                   f"{'; '.join(differ[:6])}; resume with the original settings, or start a new run "
                                   f"in another hydra.run.dir")
-        elif self.every > 0:
+        elif self.every > 0 and self.writer:
             self.folder.mkdir(parents=True, exist_ok=True)
             for stale in self.folder.glob("*.pt"):
                 stale.unlink()  # a new run in this dir: an older run's checkpoints must not be resumed into it

@@ -276,6 +276,8 @@ class RunConfig:
     skip_finished: bool = False  # a run folder that already holds metrics.json is not run again (resumable sweeps)
     precision: str = "fp32"  # fp32 | bf16: autocast of every forward pass; weights and optimizers stay fp32
     group_by_length: bool = False  # batches of similar length (seeded): less padding, same examples per epoch
+    processes: int | None = None  # set: refuse to run unless exactly this many processes were launched (torchrun)
+    grad_accum: int = 1  # micro-batches per optimizer step; batch sizes are global (split over processes, then these)
     resume: bool = False  # continue the run in hydra.run.dir from its last checkpoint (same config required)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
@@ -362,6 +364,7 @@ def validate_run_config(cfg: Any) -> None:
            f"proximal step; select over space.operator=lora or prolora, or run SoRA itself with method=sora")
     _check(cfg.bilevel.unrolled_step in ("optimizer", "sgd"),
            f"bilevel.unrolled_step={cfg.bilevel.unrolled_step} is unknown; choose optimizer or sgd")
+    _check(cfg.grad_accum >= 1, f"grad_accum={cfg.grad_accum} must be a positive number of micro-batches per step")
     _check(cfg.checkpoint.every >= 0, f"checkpoint.every={cfg.checkpoint.every} must be >= 0 (0 turns checkpoints off)")
     _check(cfg.precision in PRECISIONS, f"precision={cfg.precision} is unknown; choose one of: {', '.join(PRECISIONS)}")
     _check(cfg.retrain.init in ("shared", "fresh"),

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from nas.parallel import SINGLE, Parallel
 from nas.registry import Registry
 from nas.virtual_step import VirtualStep, sgd_virtual_step
 
@@ -31,6 +32,8 @@ class BilevelProblem:
     ``virtual_step`` maps the gradients ∇_w L_w (aligned with ``inner``) to the update Δ of one inner step,
     w′ = w + Δ: the w-optimizer's own step (:func:`~nas.virtual_step.optimizer_virtual_step`) or DARTS' explicit
     w′ = w − ξ∇_w L_w (:func:`~nas.virtual_step.sgd_virtual_step`). When it is None, ``inner_lr`` is that ξ.
+    Every gradient goes through :meth:`grads`, which splits a batch into this process's micro-batches and sums
+    their gradients over the processes (``parallel``, nas/parallel.py): the global batch's gradient.
     """
 
     model: nn.Module
@@ -39,6 +42,7 @@ class BilevelProblem:
     outer: dict[str, nn.Parameter]
     inner_lr: float | None = None
     virtual_step: VirtualStep | None = None
+    parallel: Parallel = SINGLE
 
     def inner_step(self) -> VirtualStep:
         """``virtual_step``, or the SGD step w′ = w − ξ∇_w L_w with ξ = ``inner_lr``."""
@@ -58,6 +62,12 @@ class BilevelProblem:
             outputs = functional_call(self.model, dict(weights), args=(), kwargs=inputs, strict=False)
         return self.loss_fn(outputs, batch)
 
+    def grads(self, batch: Batch, inputs: list[torch.Tensor],
+              weights: Mapping[str, torch.Tensor] | None = None) -> tuple[list[torch.Tensor], float]:
+        """(∂L/∂x for each x of ``inputs``, zeros where x does not reach L; L) for the mean loss of the global
+        ``batch``, over micro-batches and processes (:meth:`nas.parallel.Parallel.grads`)."""
+        return self.parallel.grads(lambda part: self.loss(part, weights), batch, inputs)
+
 
 @dataclass
 class Hypergradient:
@@ -72,9 +82,8 @@ HYPERGRADIENTS: Registry[HypergradientFn] = Registry("hypergradient")
 @HYPERGRADIENTS.register("first_order")
 def first_order(problem: BilevelProblem, w_batch: Batch, alpha_batch: Batch) -> Hypergradient:
     """∇_α L_α(w, α): the unrolled gradient with ξ = 0 (DARTS first order)."""
-    loss = problem.loss(alpha_batch)
-    grads = torch.autograd.grad(loss, list(problem.outer.values()))
-    return Hypergradient(grads=list(grads), alpha_loss=float(loss.detach()))
+    grads, loss = problem.grads(alpha_batch, list(problem.outer.values()))
+    return Hypergradient(grads=grads, alpha_loss=loss)
 
 
 class _RandomState:
@@ -95,12 +104,6 @@ class _RandomState:
             torch.cuda.set_rng_state_all(self.cuda)
         for generator, state in self.generators:
             generator.set_state(state)
-
-
-def _grads_or_zeros(loss: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-    """∂loss/∂x for each x, with zeros where x does not reach the loss."""
-    grads = torch.autograd.grad(loss, inputs, allow_unused=True)
-    return [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads, strict=True)]
 
 
 @HYPERGRADIENTS.register("second_order")
@@ -130,14 +133,13 @@ def second_order(problem: BilevelProblem, w_batch: Batch, alpha_batch: Batch) ->
     step = problem.inner_step()
 
     replay = _RandomState(problem.model)
-    grads_w = _grads_or_zeros(problem.loss(w_batch), [problem.inner[n] for n in names])
+    grads_w, _ = problem.grads(w_batch, [problem.inner[n] for n in names])
     with torch.no_grad():
         delta, jacobian = step.linearize(grads_w)
     w_prime = [(p + d).requires_grad_(True) for p, d in zip(w, delta, strict=True)]
     del grads_w, delta
 
-    alpha_loss = problem.loss(alpha_batch, weights=dict(zip(names, w_prime, strict=True)))
-    grads = _grads_or_zeros(alpha_loss, outer + w_prime)
+    grads, alpha_loss = problem.grads(alpha_batch, outer + w_prime, weights=dict(zip(names, w_prime, strict=True)))
     grads_alpha, v = grads[:len(outer)], grads[len(outer):]
     after = _RandomState(problem.model)
 
@@ -150,8 +152,8 @@ def second_order(problem: BilevelProblem, w_batch: Batch, alpha_batch: Batch) ->
         for sign in (1.0, -1.0):
             replay.restore()
             shifted = {n: p + sign * eps * d for n, p, d in zip(names, w, u, strict=True)}
-            finite_difference.append(_grads_or_zeros(problem.loss(w_batch, weights=shifted), outer))
+            finite_difference.append(problem.grads(w_batch, outer, weights=shifted)[0])
         grads_alpha = [g + (plus - minus) / (2.0 * eps)
                        for g, plus, minus in zip(grads_alpha, *finite_difference, strict=True)]
         after.restore()
-    return Hypergradient(grads=grads_alpha, alpha_loss=float(alpha_loss.detach()))
+    return Hypergradient(grads=grads_alpha, alpha_loss=alpha_loss)

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from nas.errors import ConfigError
 from nas.registry import Registry
@@ -57,7 +58,8 @@ class LoRABranch(nn.Module):
         self.lora_B.mul_(factor)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.dropout(x) @ self.lora_A.T) @ self.lora_B.T * self.scaling
+        # the scaling multiplies the rank-r intermediate, not the out-wide result: the same ΔW x, fewer flops
+        return F.linear(F.linear(self.dropout(x), self.lora_A) * self.scaling, self.lora_B)
 
 
 COMMON_ARGS = ("self", "in_features", "out_features", "rank", "alpha", "dropout")

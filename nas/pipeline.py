@@ -24,6 +24,7 @@ from nas.errors import ConfigError
 from nas.logger import Logger
 from nas.methods import METHODS, MethodContext, Prepared
 from nas.outputs import seed_everything, write_json
+from nas.parallel import SINGLE, Parallel
 from nas.training import count_parameters, evaluate, finetune, make_loader
 from objectives import get_task, majority_baseline
 from objectives.planted import PlantedSpec, recovery
@@ -59,10 +60,13 @@ def check_planted_fits(rho: float, candidates: int, planted: int) -> None:
                           f"{planted / candidates:.4g} (|S|/N) or more")
 
 
-def run_pipeline(cfg: DictConfig, run_dir: Path, logger: Logger,
-                 checkpoint: Checkpointer | None = None) -> dict[str, Any]:
+def run_pipeline(cfg: DictConfig, run_dir: Path, logger: Logger, checkpoint: Checkpointer | None = None,
+                 parallel: Parallel = SINGLE) -> dict[str, Any]:
     """The whole run of ``cfg.method.name``; returns the content of ``metrics.json``. ``checkpoint`` saves the
-    search's and the training's state, and restores them when resuming (nas/checkpoint.py)."""
+    search's and the training's state, and restores them when resuming (nas/checkpoint.py); ``parallel`` is this
+    process's share of every global batch (nas/parallel.py). Only the main process writes files."""
+    parallel.check(int(cfg.bilevel.batch_size), "bilevel.batch_size")
+    parallel.check(int(cfg.retrain.batch_size), "retrain.batch_size")
     total_start = time.perf_counter()
     seed_everything(cfg.seed)
     spec = planted_spec(cfg.task) if cfg.task.name == "planted" else None
@@ -87,7 +91,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, logger: Logger,
         check_planted_fits(float(cfg.discretizer.rho), len(space), len(truth.modules))
     ctx = MethodContext(cfg=cfg, data=data, space=space, run_dir=run_dir, logger=logger,
                         budget_target=resolve_target(cfg, space) if method.has_budget else None,
-                        checkpoint=checkpoint)
+                        checkpoint=checkpoint, parallel=parallel)
     prepared = method.prepare(ctx, backbone)
 
     seed_everything(cfg.seed + 1)
@@ -97,7 +101,8 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, logger: Logger,
     finetune(prepared.model, prepared.params, train_loader, task, prepared.steps, prepared.lr, prepared.weight_decay,
              cfg.retrain.warmup_ratio, cfg.retrain.grad_clip, cfg.device, logger,
              step_offset=int(prepared.stage_metrics.get("search_steps", 0)), log_every=cfg.retrain.log_every,
-             hooks=prepared.hooks, desc="train", precision=cfg.precision, checkpoint=checkpoint)
+             hooks=prepared.hooks, desc="train", precision=cfg.precision, checkpoint=checkpoint,
+             parallel=parallel)
     train_wall = time.perf_counter() - train_start
     counts = parameter_counts(prepared)  # before the method prunes anything
     extra = method.finalize(ctx, prepared)  # effective = what is left after the method's own pruning

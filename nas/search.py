@@ -29,6 +29,7 @@ from nas.diagnostics import summarize_dam
 from nas.errors import ConfigError, NonFiniteError
 from nas.hypergradient import HYPERGRADIENTS, BilevelProblem
 from nas.logger import Logger
+from nas.parallel import SINGLE, Parallel
 from nas.precision import autocast
 from nas.regularizers import RegularizerContext, build_regularizer_loss
 from nas.relaxation import Relaxation, build_relaxation
@@ -111,10 +112,12 @@ def dam_penalty(cfg: DictConfig, supernet: SuperNet, space: SearchSpace,
 
 
 def search(cfg: DictConfig, backbone: Backbone, space: SearchSpace, data: TaskData, logger: Logger,
-           budget_target: int | None = None, checkpoint: Checkpointer | None = None) -> SearchOutcome:
+           budget_target: int | None = None, checkpoint: Checkpointer | None = None,
+           parallel: Parallel = SINGLE) -> SearchOutcome:
     """Score the criteria that run at init, alternate α-steps (α-split) and w-steps (w-split) for
     ``bilevel.steps`` steps, then score the criteria that run on the trained supernet. With ``checkpoint``, the
-    search's state is saved as stage ``search`` when due, and a saved one is restored after the init criteria."""
+    search's state is saved as stage ``search`` when due, and a saved one is restored after the init criteria.
+    ``parallel`` splits every global batch over the processes and micro-batches (nas/parallel.py)."""
     b = cfg.bilevel
     relaxation = relaxation_from(cfg)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -131,7 +134,7 @@ def search(cfg: DictConfig, backbone: Backbone, space: SearchSpace, data: TaskDa
     alpha_optimizer = optimizer_from(b.alpha_optimizer, supernet.arch_parameters(), torch.optim.Adam)
     problem = BilevelProblem(model=supernet, loss_fn=loss_for(data.task), inner=inner,
                              outer={"dam_logits": supernet.dam_logits, "gate_probe": supernet.gate_probe},
-                             virtual_step=virtual_step_from(b, w_optimizer, list(inner.values())))
+                             virtual_step=virtual_step_from(b, w_optimizer, list(inner.values())), parallel=parallel)
     bilevel = BilevelSearch(problem, HYPERGRADIENTS.get(b.hypergradient), w_optimizer, alpha_optimizer,
                             grad_clip=b.grad_clip, warmup_steps=b.warmup_steps,
                             arch_penalty=dam_penalty(cfg, supernet, space, budget_target))
@@ -150,7 +153,8 @@ def search(cfg: DictConfig, backbone: Backbone, space: SearchSpace, data: TaskDa
     outer = {"dam_logits": supernet.dam_logits}
 
     def state(step: int) -> dict[str, Any]:
-        return {"step": step, "inner": tensors(inner), "outer": tensors(outer), "w_optimizer": w_optimizer.state_dict(),
+        return {"step": step, "inner": tensors(inner, "search", step), "outer": tensors(outer, "search", step),
+                "w_optimizer": w_optimizer.state_dict(),
                 "alpha_optimizer": alpha_optimizer.state_dict(), "steps_done": bilevel.steps_done,
                 "sampler": None if relaxation.generator is None else relaxation.generator.get_state(),
                 "gates": {"saliency": gates.saliency.clone(), "squares": gates.squares.clone(), "steps": gates.steps},

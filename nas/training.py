@@ -17,6 +17,7 @@ from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase, get_l
 from nas.checkpoint import Checkpointer, load_tensors, rng_state, set_rng_state, tensors
 from nas.errors import NonFiniteError
 from nas.logger import Logger
+from nas.parallel import SINGLE, Parallel
 from nas.precision import autocast
 from objectives import GlueTask, compute_metrics, predictions_from_logits, task_loss
 
@@ -96,12 +97,14 @@ def finetune(model: nn.Module, params: list[nn.Parameter], loader: DataLoader, t
              lr: float, weight_decay: float, warmup_ratio: float, grad_clip: float | None, device: str,
              logger: Logger, step_offset: int = 0, log_every: int = 10, desc: str = "retrain",
              hooks: TrainingHooks | None = None, precision: str = "fp32",
-             checkpoint: Checkpointer | None = None) -> float:
+             checkpoint: Checkpointer | None = None, parallel: Parallel = SINGLE) -> float:
     """AdamW with linear warm-up and decay for ``steps`` steps on ``params``; returns the last loss.
 
-    Per step: L = task loss + hooks.extra_loss (forward under ``precision``, nas/precision.py); backward; clip
-    ``params``; step; hooks.after_optimizer_step. With ``checkpoint``, the state after a due step is saved as the
-    stage ``desc`` (nas/checkpoint.py), and a saved state of that stage is restored before the first step.
+    Per step, on the global batch: for each of this process's micro-batches c (``parallel``, nas/parallel.py),
+    backward of (n_c/n)·task loss (forward under ``precision``, nas/precision.py), plus hooks.extra_loss once
+    (rank 0's first micro-batch); the gradients are summed over the processes; clip ``params``; step;
+    hooks.after_optimizer_step. With ``checkpoint``, the state after a due step is saved as the stage ``desc``
+    (nas/checkpoint.py), and a saved state of that stage is restored before the first step.
     """
     hooks = hooks or TrainingHooks()
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
@@ -125,27 +128,36 @@ def finetune(model: nn.Module, params: list[nn.Parameter], loader: DataLoader, t
     progress = tqdm(range(start, steps), desc=desc, dynamic_ncols=True, initial=start, total=steps)
     for step in progress:
         batch = to_device(next(batches), device)
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        with autocast(device, precision):
-            task_loss_value = compute_loss(model(**inputs), batch)
-        extra = hooks.extra_loss(model)
-        loss = task_loss_value if extra is None else task_loss_value + extra
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        task_value, extra = 0.0, None
+        for index, (part, weight) in enumerate(parallel.micro_batches(batch)):
+            with autocast(device, precision):
+                loss = compute_loss(model(**{k: v for k, v in part.items() if k != "labels"}), part) * weight
+            task_value += float(loss.detach())
+            if index == 0 and parallel.is_main:
+                extra = hooks.extra_loss(model)
+                loss = loss if extra is None else loss + extra
+            loss.backward()
+        if parallel.world > 1:  # every rank reduces the same tensors, in the same order
+            for parameter in trained.values():
+                if parameter.grad is None:
+                    parameter.grad = torch.zeros_like(parameter)
+            parallel.all_reduce_([parameter.grad for parameter in trained.values()])
+        last = parallel.sum_scalar(task_value, device)
+        extra_value = parallel.sum_scalar(float(extra.detach()) if extra is not None else 0.0, device)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip or float("inf")))
-        check_finite(desc, step, {"loss": float(loss.detach()), "gradient norm": grad_norm})
+        check_finite(desc, step, {"loss": last + extra_value, "gradient norm": grad_norm})
         optimizer.step()
         scheduler.step()
         values = hooks.after_optimizer_step(step)
-        last = float(task_loss_value.detach())
         progress.set_postfix(loss=f"{last:.4f}")
         if step % log_every == 0 or step == steps - 1:
             logged = {f"{desc}/loss": last, f"{desc}/lr": scheduler.get_last_lr()[0], **values}
-            if extra is not None:
-                logged[f"{desc}/extra_loss"] = float(extra.detach())
+            if extra_value:
+                logged[f"{desc}/extra_loss"] = extra_value
             logger.log(logged, step=step_offset + step)
         if checkpoint is not None and checkpoint.due(step, steps - 1):
-            checkpoint.save(desc, {"step": step, "loss": last, "tensors": tensors(trained),
+            checkpoint.save(desc, {"step": step, "loss": last, "tensors": tensors(trained, desc, step),
                                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                    "hooks": hooks.state_dict(), "rng": rng_state()})
     return last

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from nas.config import PROJECT_ROOT
 
@@ -92,20 +94,26 @@ def test_bad_input_fails_with_one_clear_line(tmp_path: Path, overrides: list[str
     assert not (run_dir / "metrics.json").exists() and not (run_dir / "selection.json").exists()
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    (["bilevel.w_optimizer.lr=1e6", "bilevel.steps=20"], "search step 2: the w-loss is nan"),
-    (["method=lora", "retrain.lr=1e6", "retrain.steps=20"], "train step 3: the loss is nan"),
+@pytest.mark.parametrize(("overrides", "stage"), [
+    (["bilevel.w_optimizer.lr=1e6", "bilevel.steps=20"], "search"),
+    (["method=lora", "retrain.lr=1e6", "retrain.steps=20"], "train"),
 ])
 def test_a_diverging_run_stops_with_the_quantity_and_the_step(tmp_path: Path, overrides: list[str],
-                                                             message: str) -> None:
-    """A learning rate that blows the run up: one error line, FAILED says why, no metrics.json."""
-    result = run(["task=mrpc", "debug=smoke", "logger=none", "retrain.export_adapter=false",
+                                                             stage: str) -> None:
+    """A learning rate that blows the run up: one error line naming the stage, step and quantity; FAILED says
+    the same; no metrics.json; the last checkpoint is the last step whose weights were finite."""
+    result = run(["task=mrpc", "debug=smoke", "logger=none", "retrain.export_adapter=false", "checkpoint.every=1",
                   f"hydra.run.dir={tmp_path}", *overrides])
     assert result.returncode != 0
     last_line = result.stderr.strip().splitlines()[-1]
-    assert last_line.startswith("diffora: error:") and message in last_line, result.stderr[-2000:]
-    assert message in (tmp_path / "FAILED").read_text()
+    found = re.match(rf"diffora: error: {stage} step (\d+): the (loss|w-loss|gradient norm|trained weights) "
+                     rf"(is|are) (nan|inf|not finite)", last_line)
+    assert found, result.stderr[-2000:]
+    assert last_line.removeprefix("diffora: error: ") in (tmp_path / "FAILED").read_text()
     assert not (tmp_path / "metrics.json").exists()
+    saved = torch.load(tmp_path / "checkpoint" / f"{stage}.pt", weights_only=False)
+    assert saved["step"] == int(found.group(1)) - 1  # the failing step was never saved
+    assert all(bool(torch.isfinite(t).all()) for t in saved.get("inner", saved.get("tensors")).values())
 
 
 BASELINES = ["random", "lora", "prolora", "adalora", "sora", "full_ft"]

@@ -21,6 +21,7 @@ from nas.backbone import Backbone
 from nas.checkpoint import Checkpointer
 from nas.data import TaskData
 from nas.logger import Logger
+from nas.parallel import SINGLE, Parallel
 from nas.registry import Registry
 from nas.training import TrainingHooks
 from search_spaces.space import SearchSpace
@@ -37,6 +38,7 @@ class MethodContext:
     logger: Logger
     budget_target: int | None  # adapter parameters to meet (head excluded), or None when budgets are not matched
     checkpoint: Checkpointer | None = None  # saves and restores the search's and the training's state
+    parallel: Parallel = SINGLE  # this process's rank and micro-batches (nas/parallel.py)
 
     @property
     def task(self):

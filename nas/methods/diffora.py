@@ -36,7 +36,8 @@ class DiffoRA(Method):
 
     def prepare(self, ctx: MethodContext, backbone: Backbone) -> Prepared:
         cfg = ctx.cfg
-        outcome = search(cfg, backbone, ctx.space, ctx.data, ctx.logger, ctx.budget_target, ctx.checkpoint)
+        outcome = search(cfg, backbone, ctx.space, ctx.data, ctx.logger, ctx.budget_target, ctx.checkpoint,
+                         ctx.parallel)
         criterion = cfg.criterion.name
         discretize = build_discretizer(discretizer_options(ctx))
         selected = discretize(DiscretizeInput(outcome.criteria[criterion], ctx.space))
