@@ -15,7 +15,8 @@ so that its peak memory is its own, after 2 warm-up steps, the median seconds pe
 each in fp32 and bf16 (``--precisions``). Step times on a shared CPU drift by ±20% from one process to the
 next, so the whole list of modes is run ``--repeats`` times, interleaved, and each mode's fastest median is
 kept (the spread over repeats is in the JSON). Then the wall time of whole runs through ``experiments/run.py``
-(DiffoRA: search + discretize + retrain + evaluate; LoRA with the same number of weight updates). Ratios:
+(DiffoRA: search + discretize + retrain + evaluate; LoRA with the same number of weight updates; the fixed
+costs of a run — loading, criteria, plots, evaluation — weigh more the shorter the runs are). Ratios:
 ``lora_vs_peft``, ``retrain_half_vs_lora``, ``search1_vs_lora``, ``search2_vs_search1`` (fp32), ``bf16_vs_fp32``
 (LoRA step) and ``pipeline_vs_lora``; printed and written to ``--json``. A ratio below 1 means ours is faster.
 """
@@ -161,7 +162,7 @@ def pipeline_wall(method: str, args: argparse.Namespace) -> float:
     with tempfile.TemporaryDirectory() as run_dir:
         command = [sys.executable, str(ROOT / "experiments" / "run.py"), f"task={args.task}", f"method={method}",
                    "logger=none", "retrain.export_adapter=false", f"device={args.device}",
-                   f"bilevel.steps={args.pipeline_steps}", f"retrain.steps={args.pipeline_steps}",
+                   f"bilevel.steps={args.pipeline_steps}", f"retrain.steps={args.pipeline_retrain_steps}",
                    f"bilevel.batch_size={args.batch_size}", f"retrain.batch_size={args.batch_size}",
                    f"task.max_length={args.max_length}", "task.max_eval_samples=256",
                    "criterion.record=[dam]", f"model.name_or_path={args.model_path}",
@@ -184,7 +185,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="interleaved passes over all modes; fastest kept")
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--pipeline-steps", type=int, default=20,
-                        help="search and retrain steps of the whole-run comparison (LoRA gets their sum); 0: skip")
+                        help="search steps of the whole-run comparison (LoRA gets search + retrain steps); 0: skip")
+    parser.add_argument("--pipeline-retrain-steps", type=int, default=46,
+                        help="retrain steps of the whole-run comparison (default: compare_power's 150:344 ratio)")
     parser.add_argument("--json", type=Path, help="write the measurements and ratios here")
     parser.add_argument("--mode", choices=MODES, help="internal: measure one mode and print JSON")
     parser.add_argument("--precision", default="fp32", help="internal: the mode's precision")
