@@ -85,16 +85,16 @@ class Parallel:
         """∂/∂inputs of the global batch's mean loss, and that loss: micro-batch gradients of the weighted
         losses, summed here and over the ranks. Inputs the loss does not reach get zeros."""
         totals = [torch.zeros_like(x) for x in inputs]
-        value = 0.0
+        value: torch.Tensor | float = 0.0  # summed on the loss's device: one host sync per call
         for part, weight in self.micro_batches(batch):
             loss = loss_fn(part) * weight
             grads = torch.autograd.grad(loss, list(inputs), allow_unused=True)
             for total, grad in zip(totals, grads, strict=True):
                 if grad is not None:
                     total += grad
-            value += float(loss.detach())
+            value = value + loss.detach()
         self.all_reduce_(totals)
-        return totals, self.sum_scalar(value, totals[0].device if totals else "cpu")
+        return totals, self.sum_scalar(float(value), totals[0].device if totals else "cpu")
 
 
 SINGLE = Parallel()

@@ -3,7 +3,6 @@ every candidate with the selection criteria (nas/criteria.py)."""
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -34,7 +33,7 @@ from nas.precision import autocast
 from nas.regularizers import RegularizerContext, build_regularizer_loss
 from nas.relaxation import Relaxation, build_relaxation
 from nas.supernet import SuperNet
-from nas.training import forever, loss_for, make_loader, to_device
+from nas.training import check_finite, forever, loss_for, make_loader, to_device
 from nas.virtual_step import VirtualStep, optimizer_virtual_step, sgd_virtual_step
 from objectives.splits import split_indices
 from search_spaces.space import SearchSpace
@@ -64,11 +63,9 @@ class SearchOutcome:
 def check_step(step: int, stats: StepStats, logits: torch.Tensor) -> None:
     """Raise NonFiniteError naming the quantity and the step when a loss, the w-gradient or the DAM is not
     finite."""
-    for quantity, value in (("w-loss", stats.w_loss), ("α-loss", stats.alpha_loss),
-                            ("w-gradient norm", stats.w_grad_norm)):
-        if value is not None and not math.isfinite(value):
-            raise NonFiniteError(f"search step {step}: the {quantity} is {value}; lower bilevel.w_optimizer.lr "
-                                       f"or bilevel.alpha_optimizer.lr, or keep bilevel.grad_clip on")
+    check_finite("search", step, {"w-loss": stats.w_loss, "α-loss": stats.alpha_loss,
+                                  "w-gradient norm": stats.w_grad_norm},
+                 fix="lower bilevel.w_optimizer.lr or bilevel.alpha_optimizer.lr, or keep bilevel.grad_clip on")
     if not bool(torch.isfinite(logits).all()):
         raise NonFiniteError(f"search step {step}: the DAM logits are not finite; lower "
                                    f"bilevel.alpha_optimizer.lr")

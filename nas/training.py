@@ -129,11 +129,11 @@ def finetune(model: nn.Module, params: list[nn.Parameter], loader: DataLoader, t
     for step in progress:
         batch = to_device(next(batches), device)
         optimizer.zero_grad(set_to_none=True)
-        task_value, extra = 0.0, None
+        task_total, extra = torch.zeros((), device=device), None
         for index, (part, weight) in enumerate(parallel.micro_batches(batch)):
             with autocast(device, precision):
                 loss = compute_loss(model(**{k: v for k, v in part.items() if k != "labels"}), part) * weight
-            task_value += float(loss.detach())
+            task_total += loss.detach().float()
             if index == 0 and parallel.is_main:
                 extra = hooks.extra_loss(model)
                 loss = loss if extra is None else loss + extra
@@ -143,7 +143,7 @@ def finetune(model: nn.Module, params: list[nn.Parameter], loader: DataLoader, t
                 if parameter.grad is None:
                     parameter.grad = torch.zeros_like(parameter)
             parallel.all_reduce_([parameter.grad for parameter in trained.values()])
-        last = parallel.sum_scalar(task_value, device)
+        last = parallel.sum_scalar(float(task_total), device)  # one host sync for the whole step
         extra_value = parallel.sum_scalar(float(extra.detach()) if extra is not None else 0.0, device)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip or float("inf")))
         check_finite(desc, step, {"loss": last + extra_value, "gradient norm": grad_norm})
@@ -163,13 +163,16 @@ def finetune(model: nn.Module, params: list[nn.Parameter], loader: DataLoader, t
     return last
 
 
-def check_finite(stage: str, step: int, values: Mapping[str, float]) -> None:
-    """Raise :class:`NonFiniteError` naming the first non-finite quantity, the stage and the step (before the
-    optimizer step, so the weights stay as they were)."""
+TRAINING_FIX = "lower retrain.lr (or method.lr), keep retrain.grad_clip on, or try precision=fp32"
+
+
+def check_finite(stage: str, step: int, values: Mapping[str, float | None], fix: str = TRAINING_FIX) -> None:
+    """Raise :class:`NonFiniteError` naming the first non-finite quantity (None: not measured this step), the
+    stage, the step and ``fix``; the training loop calls it before the optimizer step, so the weights stay as
+    they were."""
     for quantity, value in values.items():
-        if not math.isfinite(value):
-            raise NonFiniteError(f"{stage} step {step}: the {quantity} is {value}; lower retrain.lr (or method.lr), "
-                                 f"keep retrain.grad_clip on, or try precision=fp32")
+        if value is not None and not math.isfinite(value):
+            raise NonFiniteError(f"{stage} step {step}: the {quantity} is {value}; {fix}")
 
 
 class TrainingHooks:
