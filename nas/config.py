@@ -56,6 +56,7 @@ class PlantedTaskConfig(TaskConfig):
     rank: int = 8  # rank of every planted delta
     target: str = "regression"  # regression (teacher's scalar output) | classification (its argmax class)
     planted_seed: int = 0  # draws S (random pattern) and the deltas; fixed across run seeds by default
+    outputs: int = 1  # regression: the teacher's head has this many outputs, all of them targets (a vector target)
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from datasets import Dataset, Value
+from datasets import Dataset, Sequence, Value
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
@@ -90,4 +90,5 @@ def prepare_planted_data(spec: PlantedSpec, model: nn.Module, head_names: list[s
 def relabel(dataset: Dataset, labels: list, task: GlueTask) -> Dataset:
     """``dataset`` with its ``labels`` column replaced (float32 for regression, int64 for classes)."""
     kind = "float32" if task.is_regression else "int64"
-    return dataset.remove_columns("labels").add_column("labels", labels).cast_column("labels", Value(kind))
+    feature = Sequence(Value(kind), length=task.num_labels) if task.multi_output else Value(kind)
+    return dataset.remove_columns("labels").add_column("labels", labels).cast_column("labels", feature)

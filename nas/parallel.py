@@ -62,8 +62,8 @@ class Parallel:
             part = {k: v[index[0]:index[-1] + 1] for k, v in batch.items()}
             if "attention_mask" in part:
                 width = int(part["attention_mask"].sum(dim=0).nonzero().max()) + 1
-                part = {k: v[:, :width] if v.dim() == 2 and v.shape[1] == batch["attention_mask"].shape[1]
-                        else v for k, v in part.items()}
+                part = {k: v[:, :width] if k != "labels" and v.dim() == 2
+                        and v.shape[1] == batch["attention_mask"].shape[1] else v for k, v in part.items()}
             yield part, len(index) / total
 
     def all_reduce_(self, tensors: Sequence[torch.Tensor]) -> None:

@@ -47,7 +47,7 @@ def planted_spec(task_cfg: DictConfig) -> PlantedSpec:
                            module_types=None if task_cfg.module_types is None else tuple(task_cfg.module_types),
                            layers=None if task_cfg.layers is None else tuple(task_cfg.layers),
                            size=float(task_cfg.size), rank=int(task_cfg.rank), target=task_cfg.target,
-                           seed=int(task_cfg.planted_seed))
+                           seed=int(task_cfg.planted_seed), outputs=int(task_cfg.get("outputs", 1)))
     except ValueError as error:
         raise ConfigError(str(error)) from error
 

@@ -29,11 +29,12 @@ class GlueTask:
     num_labels: int
     metrics: tuple[str, ...]
     main_metric: str
+    multi_output: bool = False  # regression on all num_labels outputs at once (the planted task's task.outputs)
 
     @property
     def is_regression(self) -> bool:
-        """True for a single-output regression task (STS-B)."""
-        return self.num_labels == 1
+        """True for a regression task: one output (STS-B) or a vector of ``num_labels`` (``multi_output``)."""
+        return self.num_labels == 1 or self.multi_output
 
 
 GLUE_TASKS: dict[str, GlueTask] = {

@@ -10,7 +10,11 @@ from objectives.glue import GlueTask, get_task
 
 
 def _scores(logits: torch.Tensor, task: GlueTask) -> torch.Tensor:
-    """Regression logits (..., 1) -> (...)."""
+    """Regression logits (..., 1) -> (...); a multi-output task's (..., num_labels) stay as they are."""
+    if task.multi_output:
+        if logits.shape[-1] != task.num_labels:
+            raise ValueError(f"{task.name} regresses {task.num_labels} outputs, got logits {tuple(logits.shape)}")
+        return logits
     if logits.shape[-1] != 1:
         raise ValueError(
             f"{task.name} is a regression task: expected logits (..., 1), got {tuple(logits.shape)}"
@@ -22,7 +26,8 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor, task: GlueTask | str) 
     """Mean loss over the batch.
 
     Classification: cross-entropy -(1/B) sum_i log softmax(z_i)[y_i] on logits (B, num_labels).
-    Regression: MSE (1/B) sum_i (z_i - y_i)^2 on logits.squeeze(-1) (B,) against float labels.
+    Regression: MSE (1/B) sum_i (z_i - y_i)^2 on logits.squeeze(-1) (B,) against float labels; a multi-output
+    task averages over its D outputs too: (1/(B·D)) sum_ij (z_ij - y_ij)^2 on logits (B, D).
     """
     task = get_task(task)
     if task.is_regression:

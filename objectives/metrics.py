@@ -90,10 +90,17 @@ def compute_metrics(task: GlueTask | str, predictions: np.ndarray, labels: np.nd
     """``{metric: value}`` for exactly ``task.metrics``.
 
     predictions are class ids (or scores for regression); 2-D logits of shape (n, num_labels) are accepted
-    and reduced by argmax (or squeezed for regression).
+    and reduced by argmax (or squeezed for regression). A multi-output regression task's (n, D) predictions and
+    labels give each metric's mean over the D outputs.
     """
     task = get_task(task)
     pred = np.asarray(predictions)
+    if task.multi_output:
+        y = np.asarray(labels)
+        if pred.shape != y.shape or pred.ndim != 2:
+            raise ValueError(f"{task.name}: predictions {pred.shape} and labels {y.shape} must both be (n, outputs)")
+        return {name: float(np.mean([_METRICS[name](pred[:, j], y[:, j]) for j in range(y.shape[1])]))
+                for name in task.metrics}
     if pred.ndim == 2 and pred.shape[1] == task.num_labels:
         pred = pred[:, 0] if task.is_regression else pred.argmax(axis=1)
     return {name: _METRICS[name](pred, labels) for name in task.metrics}
@@ -103,6 +110,11 @@ def majority_baseline(task: GlueTask | str, train_labels: Any, eval_labels: Any)
     """Metrics of a constant predictor: the most frequent train class (smallest id on ties),
     or the train mean for regression (whose Pearson/Spearman are 0.0)."""
     task = get_task(task)
+    if task.multi_output:  # the train mean of every output
+        train_2d, y_2d = np.asarray(train_labels, dtype=np.float64), np.asarray(eval_labels, dtype=np.float64)
+        if train_2d.size == 0:
+            raise ValueError("majority_baseline needs at least one train label")
+        return compute_metrics(task, np.broadcast_to(train_2d.mean(axis=0), y_2d.shape), y_2d)
     train = np.asarray(train_labels).reshape(-1)
     y = np.asarray(eval_labels).reshape(-1)
     if train.size == 0:

@@ -6,9 +6,11 @@ candidate modules; nothing else separates the two. Its outputs on real GLUE sent
     W_m^teacher = W_m + ΔW_m  (m ∈ S),   ΔW_m = c_m · U_m V_mᵀ,  U_m ∈ ℝ^{out×r}, V_m ∈ ℝ^{in×r} ~ N(0, 1),
     c_m chosen so that ‖ΔW_m‖_F = size · ‖W_m‖_F.
 
-Target kinds: ``regression`` (the teacher's one scalar output; the student's MSE gradient is zero where the
-two already agree, so all of the signal comes from S) and ``classification`` (the argmax of the teacher's
-two logits). A selection criterion is then judged by how well it recovers S (:func:`recovery`):
+Target kinds: ``regression`` (the teacher's outputs of a head with ``outputs`` rows, one scalar by default;
+the student's MSE gradient is zero where the two already agree, so all of the signal comes from S) and
+``classification`` (the argmax of the teacher's two logits). One scalar per sentence says little about which
+modules moved: a LoRA on other modules can often imitate it. A vector target (``outputs`` = D, e.g. the hidden
+size) asks the student to match D directions of the teacher's representation at once. A selection criterion is then judged by how well it recovers S (:func:`recovery`):
 precision = |selected ∩ S| / |S| and the ROC-AUC of its per-module scores against membership of S; a random
 selection of |S| modules has expected precision |S| / N.
 """
@@ -51,6 +53,7 @@ class PlantedSpec:
     rank: int = 8
     target: str = "regression"
     seed: int = 0
+    outputs: int = 1  # regression: the head's outputs (the target's dimension)
 
     def __post_init__(self) -> None:
         if self.pattern not in PATTERNS:
@@ -61,17 +64,22 @@ class PlantedSpec:
             raise ValueError(f"task.size={self.size} must be a positive relative norm ‖ΔW‖/‖W‖, e.g. 0.5")
         if self.rank < 1:
             raise ValueError(f"task.rank={self.rank} must be a positive integer (the planted deltas' rank)")
+        if self.outputs < 1 or (self.target == "classification" and self.outputs != 1):
+            raise ValueError(f"task.outputs={self.outputs} must be a positive integer, and 1 with "
+                             f"task.target=classification (two classes)")
 
     @property
     def label(self) -> str:
-        """Names the planted problem in tables: ``planted-<pattern>-<target>`` (one row per problem)."""
-        return f"planted-{self.pattern}-{self.target}"
+        """Names the planted problem in tables: ``planted-<pattern>-<target>`` and ``x<outputs>`` for a vector target
+        (one row per problem)."""
+        return f"planted-{self.pattern}-{self.target}" + (f"x{self.outputs}" if self.outputs > 1 else "")
 
     def task(self) -> GlueTask:
-        """The student's task: the source's text fields, one regression output or two classes."""
+        """The student's task: the source's text fields, ``outputs`` regression outputs or two classes."""
         source = get_task(self.source)
         if self.target == "regression":
-            return GlueTask("planted", source.folder, source.text_fields, 1, ("pearson", "spearman"), "pearson")
+            return GlueTask("planted", source.folder, source.text_fields, self.outputs, ("pearson", "spearman"),
+                            "pearson", multi_output=self.outputs > 1)
         return GlueTask("planted", source.folder, source.text_fields, 2, ("accuracy",), "accuracy")
 
 
@@ -151,23 +159,23 @@ def standardize_head(model: nn.Module, head_names: Sequence[str], teacher_train:
     """Rescale the shared output layer z = Wp + b in place so that the teacher's train targets are standardized.
 
     A randomly initialized head gives outputs of scale ~0.01, so unit-size optimizer steps on the head would
-    swamp the planted signal. Regression: z ← (z − mean z)/std z. Classification: the margin d = z₁ − z₀
+    swamp the planted signal. Regression: z ← (z − mean z)/std z, per output. Classification: the margin d = z₁ − z₀
     becomes (d − median d)/std d, so the classes are balanced. Both are affine maps of (W, b), applied to
     the one head that teacher and student share. Returns the same map for outputs already computed.
     """
     weight, bias = head_layer(model, head_names, teacher_train.shape[-1])
     if target == "regression":
-        z = teacher_train[:, 0].double()
-        scale, shift = 1.0 / float(z.std()), torch.tensor([float(z.mean())])
+        z = teacher_train.double()
+        scale, shift = (1.0 / z.std(dim=0)).float(), z.mean(dim=0).float()
     else:
         if teacher_train.shape[-1] != 2:
             raise ValueError("classification targets need a two-class head")
         d = (teacher_train[:, 1] - teacher_train[:, 0]).double()
-        scale, centre = 1.0 / float(d.std()), float(d.median())
-        shift = torch.tensor([-centre / 2, centre / 2])
-    weight.mul_(scale)
-    bias.sub_(shift.to(bias)).mul_(scale)
-    return lambda outputs: (outputs - shift.to(outputs)) * scale
+        scale_value, centre = 1.0 / float(d.std()), float(d.median())
+        scale, shift = torch.full((2,), scale_value), torch.tensor([-centre / 2, centre / 2])
+    weight.mul_(scale.to(weight)[:, None])
+    bias.sub_(shift.to(bias)).mul_(scale.to(bias))
+    return lambda outputs: (outputs - shift.to(outputs)) * scale.to(outputs)
 
 
 def head_layer(model: nn.Module, head_names: Sequence[str], outputs: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,19 +190,21 @@ def head_layer(model: nn.Module, head_names: Sequence[str], outputs: int) -> tup
     return weights[0], biases[0]
 
 
-def targets_from(outputs: torch.Tensor, target: str) -> list[float] | list[int]:
-    """Regression: the scalar output; classification: the argmax class."""
+def targets_from(outputs: torch.Tensor, target: str) -> list[float] | list[list[float]] | list[int]:
+    """Regression: the scalar output (a list of them for a vector target); classification: the argmax class."""
     if target == "regression":
-        return outputs[:, 0].tolist()
+        return outputs[:, 0].tolist() if outputs.shape[-1] == 1 else outputs.tolist()
     return outputs.argmax(dim=-1).tolist()
 
 
 def agreement(student: torch.Tensor, teacher: torch.Tensor, target: str) -> float:
-    """How much the untouched student already predicts: Pearson r of the outputs (regression) or the
-    fraction of equal argmax classes (classification). Near 1 means S barely matters."""
+    """How much the untouched student already predicts: Pearson r of the outputs (regression; the mean over the
+    outputs of a vector target) or the fraction of equal argmax classes (classification). Near 1 means S barely
+    matters."""
     if target == "regression":
-        s, t = student[:, 0].double(), teacher[:, 0].double()
-        return float(torch.corrcoef(torch.stack([s, t]))[0, 1])
+        s, t = student.double(), teacher.double()
+        return float(torch.stack([torch.corrcoef(torch.stack([s[:, j], t[:, j]]))[0, 1]
+                                  for j in range(t.shape[1])]).mean())
     return float((student.argmax(-1) == teacher.argmax(-1)).double().mean())
 
 

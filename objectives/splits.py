@@ -10,10 +10,10 @@ import numpy as np
 def _classes(labels: Sequence, stratify: bool) -> list[np.ndarray]:
     """Index groups to sample within: one per class (sorted by label) when stratifying, else one group."""
     arr = np.asarray(labels)
-    if arr.ndim != 1:
-        raise ValueError(f"labels must be 1-D, got shape {arr.shape}")
-    if not stratify:
+    if not stratify:  # any labels, one per row (a vector regression target too)
         return [np.arange(len(arr))]
+    if arr.ndim != 1:
+        raise ValueError(f"stratify=True needs 1-D class labels, got shape {arr.shape}")
     if arr.dtype.kind == "f" and not np.all(np.isfinite(arr) & (arr == np.round(arr))):
         raise ValueError("stratify=True needs discrete class labels; use stratify=False for regression")
     values, inverse = np.unique(arr, return_inverse=True)

@@ -45,3 +45,16 @@ def test_planted_task_judges_every_method_against_the_planted_set(tmp_path: Path
                                                  {"dam", "gate_saliency", "fisher", "grad_norm", "branch_norm",
                                                   "perturbation", "random"})
     assert -1.0 <= planted["base_agreement"] <= 1.0
+
+
+@pytest.mark.integration
+def test_planted_task_with_a_vector_target_runs_and_reports_the_mean_pearson(tmp_path: Path) -> None:
+    cfg = compose_run(["experiment=planted_search", "task.outputs=64", "seed=0", "task.max_train_samples=256",
+                       "task.max_eval_samples=64", "bilevel.steps=4", "bilevel.batch_size=16", "criterion.batches=1",
+                       "retrain.steps=2", "retrain.batch_size=16", "logger=none", "retrain.export_adapter=false",
+                       "grad_accum=2"])  # micro-batches must not cut the (batch, 64) labels as if they were tokens
+    result = run_pipeline(cfg, tmp_path, NullLogger())
+    assert result["task"] == "planted-random-regressionx64"
+    assert set(result["metrics"]) == {"pearson", "spearman"} and -1 <= result["metrics"]["pearson"] <= 1
+    assert result["majority_baseline"] == {"pearson": 0.0, "spearman": 0.0}
+    assert 0.0 < result["planted"]["base_agreement"] < 1.0 and 0.0 <= result["recovery"]["auc"] <= 1.0

@@ -12,6 +12,7 @@ from test_determinism import TOKENIZER, synthetic_data
 
 from objectives.planted import (
     PlantedSpec,
+    agreement,
     grouped_auc,
     model_outputs,
     plant_deltas,
@@ -20,6 +21,7 @@ from objectives.planted import (
     recovery,
     roc_auc,
     standardize_head,
+    targets_from,
     teacher_outputs,
 )
 from search_spaces import build_search_space
@@ -111,6 +113,31 @@ def test_standardized_head_gives_unit_scale_targets_for_teacher_and_student(targ
     else:
         labels = after.argmax(-1)
         assert abs(int(labels.sum()) - 32) <= 1  # the margin is centred at its median: balanced classes
+
+
+def test_a_vector_target_standardizes_every_output_and_is_judged_per_output() -> None:
+    model = tiny_bert(num_labels=6)
+    data = synthetic_data(64)
+    spec = PlantedSpec(k=3, outputs=6)
+    deltas = plant_deltas(model, planted_modules(space_of(model), spec), size=0.5, rank=2, seed=0)
+    raw = teacher_outputs(model, deltas, data, TOKENIZER, "cpu")
+    rescale = standardize_head(model, HEAD, raw, "regression")
+    after = teacher_outputs(model, deltas, data, TOKENIZER, "cpu")
+    torch.testing.assert_close(rescale(raw), after, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(after.mean(0), torch.zeros(6), rtol=0, atol=1e-4)
+    torch.testing.assert_close(after.std(0), torch.ones(6), rtol=1e-4, atol=0)
+    task = spec.task()
+    assert task.is_regression and task.multi_output and task.num_labels == 6 and spec.label.endswith("x6")
+    targets = targets_from(after, "regression")
+    assert len(targets) == 64 and len(targets[0]) == 6
+    student = model_outputs(model, data, TOKENIZER, "cpu")  # the untouched student, per-output Pearson r averaged
+    expected = sum(float(torch.corrcoef(torch.stack([student[:, j], after[:, j]]))[0, 1]) for j in range(6)) / 6
+    assert agreement(student, after, "regression") == pytest.approx(expected, rel=1e-6)
+
+
+def test_a_vector_target_is_refused_for_classification() -> None:
+    with pytest.raises(ValueError, match="task.outputs=3 must be .* 1 with task.target=classification"):
+        PlantedSpec(target="classification", outputs=3)
 
 
 def brute_force_auc(scores: dict[str, float], positives: set[str]) -> float:
