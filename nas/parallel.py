@@ -12,7 +12,8 @@ same optimizer steps and ends with the same weights, DAM and selection.
 
 Launch with ``torchrun --standalone --nproc_per_node=N experiments/run.py ...``: the process group is set up
 from torchrun's environment (gloo on CPU, NCCL on CUDA, one GPU per local rank); only rank 0 writes files and
-logs.
+logs. Under SLURM with several tasks per job (Hydra's submitit launcher with ``tasks_per_node=N``, or ``srun``),
+SLURM's own variables describe the group instead (:func:`slurm_environment`).
 """
 
 from __future__ import annotations
@@ -100,16 +101,56 @@ class Parallel:
 SINGLE = Parallel()
 
 
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list: ``gpu[03-05,09],cpu1`` → ``gpu03``; ``a,b`` → ``a``."""
+    head = nodelist.strip()
+    depth = 0
+    for i, char in enumerate(head):  # the first comma outside brackets ends the first entry
+        depth += char == "["
+        depth -= char == "]"
+        if char == "," and depth == 0:
+            head = head[:i]
+            break
+    prefix, bracket, ranges = head.partition("[")
+    if not bracket:
+        return prefix
+    return prefix + ranges.rstrip("]").split(",")[0].split("-")[0]
+
+
+def slurm_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """torch.distributed's variables for a SLURM job step of several tasks, where torchrun did not set them.
+
+    RANK = SLURM_PROCID, WORLD_SIZE = SLURM_NTASKS, LOCAL_RANK = SLURM_LOCALID, MASTER_ADDR = the first host of
+    SLURM_JOB_NODELIST, MASTER_PORT = 20000 + SLURM_JOB_ID mod 10000 (one port per job, the same on every task).
+    Empty when torchrun's RANK is set, when this is not SLURM, or when the job step has one task; variables the
+    user set (MASTER_ADDR, MASTER_PORT) are kept.
+    """
+    if "RANK" in environ or int(environ.get("SLURM_NTASKS", "1")) <= 1 or "SLURM_PROCID" not in environ:
+        return {}
+    missing = [k for k in ("SLURM_LOCALID", "SLURM_JOB_NODELIST", "SLURM_JOB_ID") if k not in environ]
+    if missing:
+        raise ConfigError(f"a SLURM job step of {environ['SLURM_NTASKS']} tasks without {', '.join(missing)}: "
+                          f"launch the tasks with srun (or the submitit launcher), or run one task per job")
+    mapped = {"RANK": environ["SLURM_PROCID"], "WORLD_SIZE": environ["SLURM_NTASKS"],
+              "LOCAL_RANK": environ["SLURM_LOCALID"],
+              "MASTER_ADDR": environ.get("MASTER_ADDR") or first_host(environ["SLURM_JOB_NODELIST"]),
+              "MASTER_PORT": environ.get("MASTER_PORT") or str(20000 + int(environ["SLURM_JOB_ID"]) % 10000)}
+    return mapped
+
+
 def from_environment(grad_accum: int = 1, device: str = "cpu", expected: int | None = None) -> Parallel:
-    """The process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK), initialized once; one process
-    otherwise. On CUDA each process takes the GPU of its local rank. ``expected`` (config ``processes``): the
-    number of processes the run was planned for; a different launch is refused."""
+    """The process group torchrun (RANK, WORLD_SIZE, LOCAL_RANK) or a SLURM job step of several tasks
+    (:func:`slurm_environment`) describes, initialized once; one process otherwise. On CUDA each process takes the
+    GPU of its local rank. ``expected`` (config ``processes``): the number of processes the run was planned for;
+    a different launch is refused."""
+    os.environ.update(slurm_environment(os.environ))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if grad_accum < 1:
         raise ConfigError(f"grad_accum={grad_accum} must be a positive number of micro-batches per step")
     if expected is not None and expected != world:
         raise ConfigError(f"processes={expected} but {world} process(es) were launched; start it with torchrun "
-                          f"--standalone --nproc_per_node={expected} experiments/run.py ..., or set processes=null")
+                          f"--standalone --nproc_per_node={expected} experiments/run.py ... (on SLURM: "
+                          f"hydra.launcher.tasks_per_node={expected}), or set processes=null")
     if world == 1:
         return Parallel(grad_accum=grad_accum)
     if not dist.is_initialized():

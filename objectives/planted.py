@@ -10,7 +10,9 @@ Target kinds: ``regression`` (the teacher's outputs of a head with ``outputs`` r
 the student's MSE gradient is zero where the two already agree, so all of the signal comes from S) and
 ``classification`` (the argmax of the teacher's two logits). One scalar per sentence says little about which
 modules moved: a LoRA on other modules can often imitate it. A vector target (``outputs`` = D, e.g. the hidden
-size) asks the student to match D directions of the teacher's representation at once. A selection criterion is then judged by how well it recovers S (:func:`recovery`):
+size) asks the student to match D directions of the teacher's representation at once.
+
+A selection criterion is then judged by how well it recovers S (:func:`recovery`):
 precision = |selected ∩ S| / |S| and the ROC-AUC of its per-module scores against membership of S; a random
 selection of |S| modules has expected precision |S| / N.
 """

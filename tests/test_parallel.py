@@ -18,7 +18,7 @@ from test_methods import tiny_backbone
 from nas.data import TaskData
 from nas.errors import ConfigError
 from nas.logger import NullLogger
-from nas.parallel import Parallel
+from nas.parallel import Parallel, first_host, slurm_environment
 from nas.search import search
 from nas.training import finetune, make_loader
 from objectives import get_task
@@ -74,6 +74,46 @@ def test_a_launch_with_fewer_processes_than_planned_is_refused(monkeypatch: pyte
                                           "--standalone --nproc_per_node=2"):
         from_environment(1, "cpu", expected=2)
     assert from_environment(2, "cpu", expected=1) == Parallel(grad_accum=2)
+
+
+@pytest.mark.parametrize(("nodelist", "host"), [("gpu07", "gpu07"), ("gpu[03-05,09],cpu1", "gpu03"),
+                                                ("a1,b[1-2]", "a1"), ("node[12]", "node12")])
+def test_the_first_host_of_a_slurm_node_list(nodelist: str, host: str) -> None:
+    assert first_host(nodelist) == host
+
+
+SLURM_TASK = {"SLURM_NTASKS": "2", "SLURM_PROCID": "1", "SLURM_LOCALID": "1", "SLURM_JOB_NODELIST": "gpu[03-04]",
+              "SLURM_JOB_ID": "123456"}
+
+
+def test_a_slurm_job_step_of_several_tasks_describes_the_process_group() -> None:
+    assert slurm_environment(SLURM_TASK) == {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1",
+                                             "MASTER_ADDR": "gpu03", "MASTER_PORT": "23456"}
+    assert slurm_environment({**SLURM_TASK, "MASTER_PORT": "2999"})["MASTER_PORT"] == "2999"  # the user's own
+    assert slurm_environment({**SLURM_TASK, "RANK": "0"}) == {}  # torchrun inside the job decides
+    assert slurm_environment({**SLURM_TASK, "SLURM_NTASKS": "1"}) == {}  # one task: one process
+    with pytest.raises(ConfigError, match="without SLURM_LOCALID, SLURM_JOB_ID: launch the tasks with srun"):
+        slurm_environment({k: v for k, v in SLURM_TASK.items() if k not in ("SLURM_LOCALID", "SLURM_JOB_ID")})
+
+
+def test_two_slurm_tasks_form_one_process_group_on_gloo() -> None:
+    """Two processes that see only SLURM's task variables (as srun or submitit start them) all-reduce together."""
+    script = ("import torch, torch.distributed as dist\n"
+              "from nas.parallel import from_environment\n"
+              "p = from_environment(1, 'cpu', expected=2)\n"
+              "t = torch.tensor([float(p.rank + 1)]); dist.all_reduce(t)\n"
+              "print(p.rank, p.world, float(t)); dist.destroy_process_group()\n")
+    base = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    port = str(29500 + os.getpid() % 1000)
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, cwd=Path(__file__).resolve().parents[1],
+                              env={**base, **SLURM_TASK, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank),
+                                   "SLURM_JOB_NODELIST": "localhost", "MASTER_ADDR": "127.0.0.1",
+                                   "MASTER_PORT": port, "OMP_NUM_THREADS": "1"})
+             for rank in range(2)]
+    outputs = [proc.communicate(timeout=120) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], [err[-2000:] for _, err in outputs]
+    assert sorted(out.split()[:3] for out, _ in outputs) == [["0", "2", "3.0"], ["1", "2", "3.0"]]
 
 
 @pytest.mark.parametrize("hypergradient", ["first_order", "second_order"])
