@@ -188,6 +188,8 @@ def main() -> None:
                         help="search steps of the whole-run comparison (LoRA gets search + retrain steps); 0: skip")
     parser.add_argument("--pipeline-retrain-steps", type=int, default=46,
                         help="retrain steps of the whole-run comparison (default: compare_power's 150:344 ratio)")
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES,
+                        help="the modes to measure (default: all); ratios whose two modes were measured are written")
     parser.add_argument("--json", type=Path, help="write the measurements and ratios here")
     parser.add_argument("--mode", choices=MODES, help="internal: measure one mode and print JSON")
     parser.add_argument("--precision", default="fp32", help="internal: the mode's precision")
@@ -201,7 +203,7 @@ def main() -> None:
     steps: dict[str, dict[str, dict[str, float]]] = {}
     for repeat in range(args.repeats):
         for precision in args.precisions:
-            for mode in MODES:
+            for mode in args.modes:
                 out = subprocess.run([sys.executable, __file__, "--mode", mode, "--precision", precision, *common],
                                      capture_output=True, text=True, cwd=ROOT)
                 if out.returncode != 0:
@@ -212,11 +214,10 @@ def main() -> None:
                 kept["step_s"] = min(kept["repeats_s"])
                 print(f"repeat {repeat} {precision} {mode:12s} {result['step_s']:.4f} s/step", flush=True)
     base = steps["fp32" if "fp32" in steps else args.precisions[0]]
-    ratios = {"lora_vs_peft": base["lora"]["step_s"] / base["peft"]["step_s"],
-              "retrain_half_vs_lora": base["retrain_half"]["step_s"] / base["lora"]["step_s"],
-              "search1_vs_lora": base["search1"]["step_s"] / base["lora"]["step_s"],
-              "search2_vs_search1": base["search2"]["step_s"] / base["search1"]["step_s"]}
-    if {"fp32", "bf16"} <= set(steps):
+    pairs = {"lora_vs_peft": ("lora", "peft"), "retrain_half_vs_lora": ("retrain_half", "lora"),
+             "search1_vs_lora": ("search1", "lora"), "search2_vs_search1": ("search2", "search1")}
+    ratios = {key: base[a]["step_s"] / base[b]["step_s"] for key, (a, b) in pairs.items() if {a, b} <= set(base)}
+    if {"fp32", "bf16"} <= set(steps) and "lora" in args.modes:
         ratios["bf16_vs_fp32"] = steps["bf16"]["lora"]["step_s"] / steps["fp32"]["lora"]["step_s"]
     walls = {}
     if args.pipeline_steps:

@@ -1,88 +1,15 @@
-"""Entry point: one DiffoRA run (search → discretize → retrain → evaluate) per composed config.
+"""Entry point from a checkout: the same as ``diffora run`` (nas/cli.py), one run per composed config.
 
     python experiments/run.py task=mrpc discretizer.rho=0.25 seed=1
     python experiments/run.py -m task=rte,mrpc seed=0,1
 """
 
-from __future__ import annotations
-
-import atexit
-import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
-import hydra
-import torch
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's packages, installed or not
 
-from nas.checkpoint import Checkpointer
-from nas.config import register_configs, validate_run_config
-from nas.errors import ConfigError, NonFiniteError
-from nas.logger import build_logger, run_group
-from nas.parallel import broadcast_object, from_environment
-from nas.pipeline import run_pipeline
-
-register_configs()
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="run")
-def main(cfg: DictConfig) -> float:
-    hydra_cfg = HydraConfig.get()
-    try:
-        validate_run_config(cfg)
-        parallel = from_environment(int(cfg.grad_accum), str(cfg.device), cfg.processes)
-    except ConfigError as error:
-        sys.exit(f"diffora: error: {error}")
-    run_dir = Path(str(broadcast_object(hydra_cfg.runtime.output_dir, parallel)))  # rank 0's run dir
-    if not parallel.is_main:  # only rank 0 writes into the run dir (and logs): the others write to a scratch dir
-        scratch = tempfile.TemporaryDirectory(prefix=f"diffora-rank{parallel.rank}-")
-        atexit.register(scratch.cleanup)
-    out_dir = run_dir if parallel.is_main else Path(scratch.name)
-    try:
-        if cfg.skip_finished and (run_dir / "metrics.json").exists():
-            result = json.loads((run_dir / "metrics.json").read_text())
-            print(f"{result['task']} {result['method']} seed {result['seed']}: finished earlier in {run_dir}, skipped")
-            return float(result["score"])
-        checkpoint = Checkpointer(run_dir, int(cfg.checkpoint.every), bool(cfg.resume), writer=parallel.is_main)
-        checkpoint.start(cfg)  # on resume: refuses a missing or foreign checkpoint before anything is written
-        group = run_group(cfg.logger.group, hydra_cfg.mode == RunMode.MULTIRUN, hydra_cfg.sweep.dir)
-        logger = build_logger(cfg.logger.name if parallel.is_main else "none", run_dir=out_dir,
-                              project=cfg.logger.project, mode=cfg.logger.mode, group=group, tags=cfg.logger.tags,
-                              name=f"{cfg.method.name}-{cfg.task.name}-s{cfg.seed}",
-                              config=OmegaConf.to_container(cfg, resolve=True))
-    except ConfigError as error:
-        sys.exit(f"diffora: error: {error}")
-    (out_dir / "FAILED").unlink(missing_ok=True)  # a rerun of a failed job starts clean
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
-    try:
-        result = run_pipeline(cfg, out_dir, logger, checkpoint, parallel)
-    except Exception as error:
-        (out_dir / "FAILED").write_text(f"{type(error).__name__}: {error}\n")
-        if isinstance(error, ConfigError | NonFiniteError):
-            sys.exit(f"diffora: error: {error}")
-        raise
-    finally:
-        logger.finish()
-    if not parallel.is_main:
-        return float(result["score"])
-    print(f"{result['task']} dev {result['metrics']} | trainable params {result['trainable_params']:,} | "
-          f"{result['num_selected']}/{result['num_candidates']} modules | outputs in {run_dir}")
-    return float(result["score"])
-
-
-def quiet_hydra_off_rank_zero() -> None:
-    """Under torchrun, processes other than rank 0 keep Hydra's own files and logs out of the run dir."""
-    if int(os.environ.get("RANK", "0")) > 0:  # rank 0 broadcasts its run dir; this rank's own is scratch
-        sys.argv = [arg for arg in sys.argv if not arg.startswith(("hydra.run.dir=", "hydra.output_subdir="))]
-        sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled",
-                     f"hydra.run.dir={tempfile.gettempdir()}/diffora-rank{os.environ['RANK']}-hydra"]
-
+from nas.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    quiet_hydra_off_rank_zero()
-    main()
+    sys.exit(main(["run", *sys.argv[1:]]))

@@ -19,6 +19,7 @@ from nas.errors import ConfigError
 from nas.precision import PRECISIONS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = PROJECT_ROOT / "conf"  # the checkout's Hydra config (diffora is installed editable from it)
 
 
 @dataclass
@@ -56,7 +57,7 @@ class PlantedTaskConfig(TaskConfig):
     rank: int = 8  # rank of every planted delta
     target: str = "regression"  # regression (teacher's scalar output) | classification (its argmax class)
     planted_seed: int = 0  # draws S (random pattern) and the deltas; fixed across run seeds by default
-    outputs: int = 1  # regression: the teacher's head has this many outputs, all of them targets (a vector target)
+    outputs: int = 384  # regression: the teacher's head has this many outputs, all of them targets (a vector target)
 
 
 @dataclass
@@ -243,7 +244,7 @@ class RetrainConfig:
     grad_clip: float = 1.0
     eval_batch_size: int = 128
     log_every: int = 10
-    export_adapter: bool = True  # save the retrained LoRA in PEFT's format under <run dir>/adapter (lora only)
+    export_adapter: bool = True  # <run dir>/adapter: every method's adapter as a PEFT LoRA (full_ft: model/)
 
 
 @dataclass

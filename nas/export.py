@@ -1,19 +1,39 @@
-"""Export a retrained selection in PEFT's adapter format (``adapter_config.json`` + safetensors).
+"""A deployable artifact from every method: a plain PEFT LoRA adapter (or, for full fine-tuning, the whole model).
 
-The exported LoRA has ``target_modules`` = the selected full module names (never a regex), rank r, α and
-dropout as searched, and the task head in ``modules_to_save``; it loads with plain
-``PeftModel.from_pretrained(base_model, folder)``. Only the ``lora`` operator has a PEFT equivalent.
+Every adapter diffora trains is a low-rank ΔW = B A on some modules, whatever its parametrization:
+
+    LoRA, DiffoRA, random selection:  ΔW = γ·(α/r)·B A                 (γ: a fixed gate, 1 when absent)
+    PRoLoRA:                          ΔW = (α/r)·B A with A, B materialized from the shared, rotated chunks
+    SoRA:                             ΔW = (α/r)·B diag(g) A, ranks with g = 0 dropped
+    AdaLoRA (peft):                   ΔW = α/(r_num + 1e-5) · P diag(λ) Q, ranks with λ = 0 dropped
+
+so each module m becomes PEFT LoRA factors (A_m ∈ ℝ^{r_m×in}, B_m ∈ ℝ^{out×r_m}) with every scale folded into
+B_m (:func:`lora_factors`). The adapter is written as PEFT writes it (``adapter_config.json`` with r, and
+``rank_pattern``/``alpha_pattern`` for modules of another rank, α_m = r_m so that PEFT's scaling α_m/r_m is 1;
+``adapter_model.safetensors``; the head in ``modules_to_save``) straight from the trained model in memory, without
+loading the base model again. It loads with ``PeftModel.from_pretrained(base, folder)`` alone; ``tests/
+test_export.py`` checks the logits of every method's export against the trained model.
 """
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
+from collections import Counter
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel
+from peft.tuners.adalora import AdaLoraLayer
+from safetensors.torch import save_file
 from torch import nn
 
+from nas.errors import ConfigError
 from nas.operators import AdaptedLinear
+
+PEFT_PREFIX = "base_model.model."
+ADAPTER_DIR, MODEL_DIR = "adapter", "model"
 
 
 def head_module_names(head_parameter_names: list[str]) -> list[str]:
@@ -21,30 +41,119 @@ def head_module_names(head_parameter_names: list[str]) -> list[str]:
     return list(dict.fromkeys(name.rpartition(".")[0] for name in head_parameter_names))
 
 
-def selection_to_lora_config(selected: list[str], rank: int, alpha: float, dropout: float,
-                             head_modules: list[str]) -> LoraConfig:
-    return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=sorted(selected),
-                      modules_to_save=head_modules or None)
+def unwrap(model: nn.Module) -> nn.Module:
+    """The transformers model inside a PEFT model (``model`` itself otherwise)."""
+    return model.base_model.model if isinstance(model, PeftModel) else model
 
 
-def export_peft_adapter(adapted: nn.Module, base: nn.Module, selected: list[str], head_parameter_names: list[str],
-                        rank: int, alpha: float, dropout: float, folder: Path) -> PeftModel:
-    """Copy the LoRA branches of ``adapted`` and its head into a PEFT model built on ``base``; save it."""
-    config = selection_to_lora_config(selected, rank, alpha, dropout, head_module_names(head_parameter_names))
-    peft_model = get_peft_model(base, config)
-    inner = peft_model.base_model.model
-    wrapped = {name for name, module in inner.named_modules() if hasattr(module, "lora_A")}
-    if wrapped != set(selected):
-        raise RuntimeError(f"PEFT wrapped {sorted(wrapped ^ set(selected))} differently from the selection")
-    with torch.no_grad():
-        for name in selected:
-            ours: AdaptedLinear = adapted.get_submodule(name)
-            theirs = inner.get_submodule(name)
-            theirs.lora_A["default"].weight.copy_(ours.branch.lora_A)
-            theirs.lora_B["default"].weight.copy_(ours.branch.lora_B)
-        for parameter_name in head_parameter_names:
-            module_name, _, attribute = parameter_name.rpartition(".")
-            target = inner.get_submodule(module_name).modules_to_save["default"]
-            getattr(target, attribute).copy_(adapted.get_parameter(parameter_name))
-    peft_model.save_pretrained(str(folder))
-    return peft_model
+@torch.no_grad()
+def lora_factors(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Module name → (A, B) with ΔW = B A exactly (every scale and gate folded into B); modules whose rank is 0 are
+    left out. Branches give their own factors (``branch.lora_factors()``); peft's AdaLoRA layers are read here."""
+    factors = {}
+    for name, module in unwrap(model).named_modules():
+        if isinstance(module, AdaptedLinear):
+            a, b = module.branch.lora_factors()
+            if module.gate is not None:
+                b = b * module.gate.detach().to(b)
+        elif isinstance(module, AdaLoraLayer):
+            keep = module.lora_E["default"].detach().flatten() != 0
+            a = (module.lora_A["default"] * module.lora_E["default"])[keep]
+            b = module.lora_B["default"][:, keep] * (module.scaling["default"] / (module.ranknum["default"] + 1e-5))
+        else:
+            continue
+        if a.shape[0] > 0:
+            factors[name] = (a.detach().float().contiguous(), b.detach().float().contiguous())
+    return factors
+
+
+def rank_config(ranks: dict[str, int]) -> tuple[int, dict[str, int]]:
+    """(r, rank_pattern): the most common rank, and every module of another rank. PEFT reads a rank_pattern key as
+    a pattern that matches a module name's end; a key that would match another adapted module cannot say which
+    rank is meant, and is refused."""
+    r = Counter(ranks.values()).most_common(1)[0][0]
+    pattern = {name: rank for name, rank in ranks.items() if rank != r}
+    for key in pattern:
+        clashes = [n for n in ranks if n != key and re.match(rf"(.*\.)?({key})$", n)]
+        if clashes:
+            raise ConfigError(f"the adapter's rank pattern cannot be represented by PEFT: the key {key!r} also "
+                              f"matches {clashes}; export with uniform ranks (e.g. method=lora) or rename the modules")
+    return r, pattern
+
+
+def export_adapter(model: nn.Module, head_parameter_names: list[str], folder: Path, base_model: str | None = None,
+                   dropout: float = 0.0) -> dict[str, int]:
+    """Write ``model``'s adapters and head to ``folder`` in PEFT's LoRA format; returns the rank of every module.
+
+    A model with no adapter left (e.g. every SoRA gate closed) has nothing PEFT can load: a ConfigError."""
+    factors = lora_factors(model)
+    if not factors:
+        raise ConfigError("the trained model has no adapter with a non-zero rank (e.g. every SoRA gate is zero), "
+                          "so there is no LoRA to export; lower method.sparse_lambda or method.xi")
+    ranks = {name: a.shape[0] for name, (a, _) in factors.items()}
+    r, pattern = rank_config(ranks)
+    config = LoraConfig(r=r, lora_alpha=r, lora_dropout=dropout, target_modules=sorted(factors),
+                        rank_pattern=pattern, alpha_pattern=dict(pattern),
+                        modules_to_save=head_module_names(head_parameter_names) or None,
+                        base_model_name_or_path=base_model, inference_mode=True)
+    tensors = {}
+    for name, (a, b) in factors.items():
+        tensors[f"{PEFT_PREFIX}{name}.lora_A.weight"] = a
+        tensors[f"{PEFT_PREFIX}{name}.lora_B.weight"] = b
+    inner = unwrap(model)
+    for name in head_parameter_names:
+        tensors[PEFT_PREFIX + name] = inner.get_parameter(name).detach().float().contiguous()
+    folder.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(str(folder))
+    save_file({k: v.cpu() for k, v in tensors.items()}, str(folder / "adapter_model.safetensors"))
+    return ranks
+
+
+def export_full_model(model: nn.Module, tokenizer, folder: Path) -> None:
+    """Full fine-tuning has no adapter: the whole model (and its tokenizer) in transformers' format."""
+    unwrap(model).save_pretrained(str(folder))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(folder))
+
+
+def finished_run(run_dir: Path) -> dict:
+    """``run_dir``'s metrics.json; an unfinished or failed run, or one that wrote nothing to export, is a
+    ConfigError naming the fix."""
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir} is not a run folder; pass the folder that holds the run's metrics.json")
+    if (run_dir / "FAILED").exists():
+        reason = (run_dir / "FAILED").read_text().strip()
+        raise ConfigError(f"{run_dir} is a failed run ({reason}); fix it and run it again before exporting")
+    if not (run_dir / "metrics.json").exists():
+        raise ConfigError(f"{run_dir} has no metrics.json, so the run did not finish; finish it (the same command "
+                          f"with resume=true continues from its last checkpoint) before exporting")
+    if not any((run_dir / d).is_dir() for d in (ADAPTER_DIR, MODEL_DIR)):
+        raise ConfigError(f"{run_dir} holds no {ADAPTER_DIR}/ (it ran with retrain.export_adapter=false); run it "
+                          f"again with retrain.export_adapter=true")
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def export_run(run_dir: Path, out_dir: Path, merge: bool = False) -> Path:
+    """``diffora export``: a finished run's adapter (or full model) copied to ``out_dir``; with ``merge``, the base
+    model with the adapter merged in, which ``AutoModelForSequenceClassification.from_pretrained`` loads alone."""
+    result = finished_run(run_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise ConfigError(f"{out_dir} is not an empty folder; choose a new or empty folder (nothing is overwritten)")
+    if (run_dir / MODEL_DIR).is_dir():  # full fine-tuning: already a whole model
+        shutil.copytree(run_dir / MODEL_DIR, out_dir, dirs_exist_ok=True)
+        return out_dir
+    if not merge:
+        shutil.copytree(run_dir / ADAPTER_DIR, out_dir, dirs_exist_ok=True)
+        return out_dir
+    from nas.backbone import load_backbone
+
+    if "model" not in result or "num_labels" not in result:
+        raise ConfigError(f"{run_dir}/metrics.json does not name its base model (a run from an older diffora); "
+                          f"merge by hand with PeftModel.from_pretrained(base, '{run_dir / ADAPTER_DIR}')"
+                          f".merge_and_unload()")
+    adapter_config = json.loads((run_dir / ADAPTER_DIR / "adapter_config.json").read_text())
+    backbone = load_backbone(result["model"], int(result["num_labels"]), adapter_config.get("modules_to_save"))
+    merged = PeftModel.from_pretrained(backbone.model, str(run_dir / ADAPTER_DIR)).merge_and_unload()
+    merged.save_pretrained(str(out_dir))
+    backbone.tokenizer.save_pretrained(str(out_dir))
+    return out_dir

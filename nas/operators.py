@@ -28,6 +28,7 @@ class Operator(Protocol):
     def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
     def reset_parameters(self) -> None: ...
     def scale_output_(self, factor: float) -> None: ...
+    def lora_factors(self) -> tuple[torch.Tensor, torch.Tensor]: ...  # (A, B) with ΔW = B A exactly (the export)
 
 
 # Every entry is an nn.Module class following the Operator protocol, built as
@@ -56,6 +57,10 @@ class LoRABranch(nn.Module):
     def scale_output_(self, factor: float) -> None:
         """Multiply ΔW by ``factor`` (folds a fixed gate into B)."""
         self.lora_B.mul_(factor)
+
+    def lora_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, (α/r)·B): ΔW = B A with the scaling folded into B."""
+        return self.lora_A, self.lora_B * self.scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # the scaling multiplies the rank-r intermediate, not the out-wide result: the same ΔW x, fewer flops

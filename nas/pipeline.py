@@ -15,12 +15,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from nas.backbone import load_backbone
+from nas.backbone import Backbone, load_backbone
 from nas.budget import describe, resolve_target
 from nas.checkpoint import Checkpointer
 from nas.data import prepare_data, prepare_planted_data
 from nas.discretizer import keep_count
 from nas.errors import ConfigError
+from nas.export import ADAPTER_DIR, MODEL_DIR, export_adapter, export_full_model, lora_factors
 from nas.logger import Logger
 from nas.methods import METHODS, MethodContext, Prepared
 from nas.outputs import seed_everything, write_json
@@ -58,6 +59,17 @@ def check_planted_fits(rho: float, candidates: int, planted: int) -> None:
         raise ConfigError(f"discretizer.rho={rho} keeps {keep_count(rho, candidates)} of {candidates} modules, fewer "
                           f"than the {planted} planted, so no criterion can recover them; set discretizer.rho="
                           f"{planted / candidates:.4g} (|S|/N) or more")
+
+
+def export_trained(prepared: Prepared, backbone: Backbone, run_dir: Path, base_model: str, dropout: float) -> None:
+    """The run's deployable artifact from the model in memory (nas/export.py): ``model/``, the whole model, for full
+    fine-tuning (no selected module); ``adapter/`` in PEFT's LoRA format for every adapter method."""
+    if not prepared.selected:
+        export_full_model(prepared.model, backbone.tokenizer, run_dir / MODEL_DIR)
+    elif not lora_factors(prepared.model):
+        print("diffora: warning: every adapter rank was pruned (all gates closed), so no adapter/ is written")
+    else:
+        export_adapter(prepared.model, prepared.head_names, run_dir / ADAPTER_DIR, base_model, dropout)
 
 
 def run_pipeline(cfg: DictConfig, run_dir: Path, logger: Logger, checkpoint: Checkpointer | None = None,
@@ -107,13 +119,15 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, logger: Logger, checkpoint: Che
     counts = parameter_counts(prepared)  # before the method prunes anything
     extra = method.finalize(ctx, prepared)  # effective = what is left after the method's own pruning
     counts["effective_params"] = int(extra.pop("effective_params", counts["adapter_params"]))
+    if cfg.retrain.export_adapter and parallel.is_main:
+        export_trained(prepared, backbone, run_dir, cfg.model.name_or_path, float(cfg.space.dropout))
 
     eval_start = time.perf_counter()
     dev_loader = make_loader(data.dev, backbone.tokenizer, cfg.retrain.eval_batch_size, False, cfg.seed)
     metrics = evaluate(prepared.model, dev_loader, task, cfg.device, cfg.precision)
     result = {
         "task": truth.spec.label if truth is not None else task.name, "method": cfg.method.name, "seed": cfg.seed,
-        "metrics": metrics,
+        "model": str(cfg.model.name_or_path), "num_labels": task.num_labels, "metrics": metrics,
         "main_metric": task.main_metric, "score": metrics[task.main_metric],
         "majority_baseline": majority_baseline(task, data.train["labels"], data.dev["labels"]),
         **counts, **describe(ctx.budget_target, counts["effective_params"]),

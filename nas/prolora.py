@@ -148,6 +148,10 @@ class PRoLoRABranch(nn.Module):
         """ΔW = (α/r) · B A ∈ ℝ^{h_out×h_in}."""
         return self.full_B() @ self.full_A() * self.scaling
 
+    def lora_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, (α/r)·B), both materialized: an ordinary rank-r LoRA with the same ΔW."""
+        return self.full_A(), self.full_B() * self.scaling
+
     @torch.no_grad()
     def scale_output_(self, factor: float) -> None:
         """Multiply ΔW by ``factor`` (folds a fixed gate into both parts of B)."""

@@ -70,6 +70,11 @@ class SoRABranch(nn.Module):
         """(α/r) · ((dropout(x) Aᵀ) ⊙ g) Bᵀ; rank 0 gives zeros of shape (..., out)."""
         return ((self.dropout(x) @ self.lora_A.T) * self.gate) @ self.lora_B.T * self.scaling
 
+    def lora_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A_g, (α/r)·B_g·diag(g_g)) over the open ranks g ≠ 0: a LoRA of rank nnz(g) with the same ΔW."""
+        keep = torch.nonzero(self.gate.detach() != 0, as_tuple=True)[0]
+        return self.lora_A.index_select(0, keep), self.lora_B.index_select(1, keep) * self.gate[keep] * self.scaling
+
     def active_ranks(self) -> int:
         """nnz(g): the ranks whose gate is open."""
         return int(torch.count_nonzero(self.gate.detach()).item())

@@ -65,6 +65,57 @@ def test_multirun_gives_one_folder_per_job(tmp_path: Path) -> None:
         check_finished_run(job, task, seed)
 
 
+def diffora(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
+    """The ``diffora`` console command (pyproject's [project.scripts] entry, nas.cli:main) as a user runs it."""
+    env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([sys.executable, "-m", "nas.cli", *args], capture_output=True, text=True, timeout=timeout,
+                          env=env, cwd=PROJECT_ROOT)
+
+
+def check_merged_model(run_dir: Path, merged_dir: Path) -> None:
+    """The merged model loads with transformers alone and gives the logits of the base model + the run's adapter."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    from nas.backbone import load_backbone
+
+    merged = AutoModelForSequenceClassification.from_pretrained(merged_dir).eval()
+    base = load_backbone(json.loads((run_dir / "metrics.json").read_text())["model"], 2, ["classifier"])
+    adapted = PeftModel.from_pretrained(base.model, str(run_dir / "adapter")).eval()
+    inputs = base.tokenizer(["a gripping, funny film", "dull and far too long"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**inputs).logits, adapted(**inputs).logits, rtol=0, atol=1e-5)
+
+
+def test_the_diffora_command_lists_its_commands_and_is_installed() -> None:
+    from importlib.metadata import entry_points
+
+    assert [e.value for e in entry_points(group="console_scripts") if e.name == "diffora"] == ["nas.cli:main"]
+    result = diffora(["--help"])
+    assert result.returncode == 0 and all(f"  {c} " in result.stdout for c in ("run", "aggregate", "export"))
+    wrong = diffora(["serve"])
+    assert wrong.returncode != 0 and "unknown command 'serve'; choose one of: run, aggregate, export" in wrong.stderr
+
+
+def test_run_help_lists_only_options_a_user_can_pick() -> None:
+    """Hydra's own --help would list the ConfigStore schema nodes (e.g. `method: adalora, adalora_schema, …`)."""
+    for result in (diffora(["run", "--help", "task=mrpc"]), run(["--help", "task=mrpc"])):
+        assert result.returncode == 0, result.stderr[-2000:]
+        groups = dict(line.strip().split(None, 1) for line in result.stdout.split("config groups")[1]
+                      .split("the composed config")[0].splitlines()[1:] if line.strip())
+        assert groups["method:"] == "adalora, diffora, full_ft, lora, prolora, random, sora"
+        assert groups["relaxation:"] == "gumbel, hard_concrete, sigmoid, softmax"
+        assert "schema" not in result.stdout.split("the composed config")[0]
+        assert "the composed config (task=mrpc):" in result.stdout and "  name: mrpc" in result.stdout
+
+
+def test_export_of_an_unfinished_run_is_one_clear_line(tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    result = diffora(["export", str(tmp_path / "run"), str(tmp_path / "out")])
+    assert result.returncode != 0 and not (tmp_path / "out").exists()
+    assert result.stderr.strip().splitlines()[-1].startswith("diffora: error: ") and "did not finish" in result.stderr
+
+
 def broken_glue_dir(tmp_path: Path) -> Path:
     (tmp_path / "glue" / "MRPC").mkdir(parents=True)
     (tmp_path / "glue" / "MRPC" / "train.tsv").write_text("Quality\tsentence\n1\thello\n")
@@ -122,8 +173,7 @@ BASELINES = ["random", "lora", "prolora", "adalora", "sora", "full_ft"]
 def test_every_baseline_runs_on_real_glue_at_a_matched_budget(tmp_path: Path) -> None:
     """One multirun over every baseline (the diffora smoke run is above), aggregated into one table."""
     result = run(["-m", f"method={','.join(BASELINES)}", "task=mrpc", "debug=smoke", "logger=none",
-                  "budget=matched", "discretizer=param_budget", "retrain.export_adapter=false",
-                  f"hydra.sweep.dir={tmp_path}"], timeout=600)
+                  "budget=matched", "discretizer=param_budget", f"hydra.sweep.dir={tmp_path}"], timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     target = round(0.5 * 8 * 6 * (4 * 768 + 2 * 1920))  # ρ · LoRA r=8 on MiniLM's 36 candidates
     metrics = {m["method"]: m for m in (json.loads(p.read_text()) for p in tmp_path.glob("*/metrics.json"))}
@@ -143,8 +193,14 @@ def test_every_baseline_runs_on_real_glue_at_a_matched_budget(tmp_path: Path) ->
     assert metrics["adalora"]["adapter_params"] > metrics["adalora"]["effective_params"]
     assert metrics["sora"]["effective_params"] <= metrics["sora"]["adapter_params"]
 
-    aggregated = subprocess.run([sys.executable, str(PROJECT_ROOT / "experiments" / "aggregate.py"), str(tmp_path)],
-                                capture_output=True, text=True, timeout=120, cwd=PROJECT_ROOT)
+    runs = {m: next(p.parent for p in tmp_path.glob("*/metrics.json") if f"_{m}_" in p.parent.name)
+            for m in BASELINES}
+    assert all((runs[m] / ("model" if m == "full_ft" else "adapter")).is_dir() for m in BASELINES)
+    exported = diffora(["export", str(runs["sora"]), str(tmp_path / "sora_merged"), "--merge"])
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    check_merged_model(runs["sora"], tmp_path / "sora_merged")
+
+    aggregated = diffora(["aggregate", str(tmp_path)])
     assert aggregated.returncode == 0, aggregated.stderr[-3000:]
     table = (tmp_path / "aggregate" / "summary.md").read_text()
     assert all(f"| {name} " in table for name in BASELINES), table

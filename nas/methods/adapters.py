@@ -1,12 +1,11 @@
-"""Shared steps of the selection methods (DiffoRA, random, LoRA, PRoLoRA): wrap the chosen modules, export."""
+"""Shared step of the selection methods (DiffoRA, random, LoRA, PRoLoRA, SoRA): wrap the chosen modules."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-from nas.backbone import Backbone, load_backbone
-from nas.export import export_peft_adapter
+from nas.backbone import Backbone
 from nas.methods.base import MethodContext, Prepared, head_parameters, train_steps
 from nas.retrain import adapt_selected
 from nas.supernet import SuperNet
@@ -26,12 +25,3 @@ def adapted_model(ctx: MethodContext, backbone: Backbone, selected: list[str], o
                     steps=train_steps(ctx, has_search), lr=ctx.method_lr(), weight_decay=ctx.method_weight_decay(),
                     variant={"operator": operator, "rank": rank, **dict(operator_args or {})})
 
-
-def export_lora_adapter(ctx: MethodContext, prepared: Prepared, operator: str, rank: int) -> None:
-    """Save the branches in PEFT's adapter format under ``<run dir>/adapter`` when ``retrain.export_adapter`` is
-    set and the operator is ``lora`` (the only one with a PEFT equivalent)."""
-    if not ctx.cfg.retrain.export_adapter or operator != "lora":
-        return
-    base = load_backbone(ctx.cfg.model.name_or_path, ctx.task.num_labels, ctx.cfg.model.head_modules).model
-    export_peft_adapter(prepared.model, base, prepared.selected, prepared.head_names, rank, ctx.cfg.space.alpha,
-                        ctx.cfg.space.dropout, ctx.run_dir / "adapter")

@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 from nas.backbone import Backbone, reset_head
 from nas.diagnostics import summarize_dam
 from nas.discretizer import DiscretizeInput, build_discretizer
-from nas.methods.adapters import adapted_model, export_lora_adapter
+from nas.methods.adapters import adapted_model
 from nas.methods.base import METHODS, Method, MethodContext, Prepared
 from nas.outputs import write_json, write_selection
 from nas.plots import plot_dam, plot_trajectory
@@ -68,7 +68,3 @@ class DiffoRA(Method):
                                 rho=cfg.discretizer.rho, hypergradient=cfg.bilevel.hypergradient,
                                 retrain_init=cfg.retrain.init)
         return prepared
-
-    def finalize(self, ctx: MethodContext, prepared: Prepared) -> dict[str, Any]:
-        export_lora_adapter(ctx, prepared, ctx.cfg.space.operator, int(ctx.cfg.space.rank))
-        return {}

@@ -11,7 +11,7 @@ from typing import Any
 from nas.backbone import Backbone
 from nas.budget import resolve_rank
 from nas.cost import space_cost
-from nas.methods.adapters import adapted_model, export_lora_adapter
+from nas.methods.adapters import adapted_model
 from nas.methods.base import METHODS, Method, MethodContext, Prepared
 from nas.outputs import write_selection
 
@@ -39,10 +39,6 @@ class LoRA(Method):
         write_selection(ctx.run_dir, ctx.space, selected, None, seed=ctx.cfg.seed, task=ctx.task.name)
         return adapted_model(ctx, backbone, selected, self.operator, self.rank(ctx), self.operator_args(ctx),
                              has_search=False)
-
-    def finalize(self, ctx: MethodContext, prepared: Prepared) -> dict[str, Any]:
-        export_lora_adapter(ctx, prepared, self.operator, int(prepared.variant["rank"]))
-        return {}
 
 
 @METHODS.register("prolora")

@@ -6,12 +6,10 @@ Scores are i.i.d. U(0, 1) from a generator seeded with the run's seed, so ``disc
 
 from __future__ import annotations
 
-from typing import Any
-
 from nas.backbone import Backbone
 from nas.criteria import random_scores
 from nas.discretizer import DiscretizeInput, build_discretizer
-from nas.methods.adapters import adapted_model, export_lora_adapter
+from nas.methods.adapters import adapted_model
 from nas.methods.base import METHODS, Method, MethodContext, Prepared
 from nas.methods.diffora import discretizer_options
 from nas.outputs import write_selection
@@ -34,7 +32,3 @@ class RandomSelection(Method):
         prepared.variant.update(discretizer=cfg.discretizer.name, rho=cfg.discretizer.rho)
         prepared.scores, prepared.criterion = {"random": scores}, "random"
         return prepared
-
-    def finalize(self, ctx: MethodContext, prepared: Prepared) -> dict[str, Any]:
-        export_lora_adapter(ctx, prepared, ctx.cfg.space.operator, int(ctx.cfg.space.rank))
-        return {}

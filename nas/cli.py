@@ -1,0 +1,134 @@
+"""The ``diffora`` command: ``run`` (the Hydra app), ``aggregate`` (tables of a sweep), ``export`` (a PEFT adapter
+or a merged model from a finished run).
+
+    diffora run task=mrpc seed=1                  # one run; `diffora run -m task=mrpc,rte seed=0,1` for a sweep
+    diffora run --help                            # the config groups, their options, the composed config
+    diffora aggregate logs/multiruns/<sweep>
+    diffora export logs/runs/mrpc/<run> exported/ --merge
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+from nas.errors import ConfigError
+
+COMMANDS = {"run": "one run of the Hydra app (search → train → evaluate); -m for a sweep",
+            "aggregate": "tables, paired tests and a plot of a sweep folder",
+            "export": "a finished run's adapter in PEFT's format, or a merged model (--merge)"}
+USAGE = "\n".join(["usage: diffora COMMAND [ARGS]", "", "commands:",
+                   *(f"  {name:<10} {text}" for name, text in COMMANDS.items()), "",
+                   "`diffora COMMAND --help` for each command's arguments."])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch ``argv`` (default: the command line) to one command; errors are one line naming the fix."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    command, rest = argv[0], argv[1:]
+    handlers = {"run": run_command, "aggregate": aggregate_command, "export": export_command}
+    if command not in handlers:
+        sys.exit(f"diffora: error: unknown command {command!r}; choose one of: {', '.join(COMMANDS)}")
+    try:
+        return handlers[command](rest)
+    except ConfigError as error:
+        sys.exit(f"diffora: error: {error}")
+
+
+def run_command(overrides: list[str], prog: str = "diffora run") -> int:
+    """Hydra's command line with ``overrides`` (``--help``: :func:`run_help`, which lists only pickable options)."""
+    if "-h" in overrides or "--help" in overrides:
+        print(run_help([o for o in overrides if o not in ("-h", "--help")], prog))
+        return 0
+    from nas.app import main as hydra_main
+    from nas.app import quiet_hydra_off_rank_zero
+
+    sys.argv = [prog, *overrides]
+    quiet_hydra_off_rank_zero()
+    hydra_main()
+    return 0
+
+
+def config_groups(conf_dir: Path) -> dict[str, list[str]]:
+    """Each config group under ``conf_dir`` (nested ones as ``hydra/launcher``) → its options: the yaml files a user
+    can pick. The schema nodes in Hydra's ConfigStore (``*_schema``) validate those files and are not options."""
+    groups: dict[str, list[str]] = {}
+    for path in sorted(conf_dir.rglob("*.yaml")):
+        group = path.parent.relative_to(conf_dir).as_posix()
+        if group != ".":
+            groups.setdefault(group, []).append(path.stem)
+    return groups
+
+
+def run_help(overrides: list[str], prog: str = "diffora run") -> str:
+    """Usage, the config groups with their options, and the config composed from ``overrides``."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from nas.config import CONF_DIR, register_configs
+
+    register_configs()
+    groups = config_groups(CONF_DIR)
+    width = max(len(g) for g in groups) + 1
+    lines = [f"usage: {prog} [-m] [OVERRIDE ...]", "",
+             "One run: search (DiffoRA), discretize, train, evaluate; outputs in the run dir. Overrides are",
+             "group=option (task=mrpc) or key=value (discretizer.rho=0.25, seed=1); -m runs a sweep over",
+             "comma-separated values (task=mrpc,rte seed=0,1). Hydra's own flags (--cfg job, --info, --hydra-help)",
+             "pass through.", "", "config groups (group=option):",
+             *(f"  {g + ':':<{width}} {', '.join(options)}" for g, options in groups.items())]
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("run", overrides=[o for o in overrides if o not in ("-m", "--multirun")])
+    return "\n".join([*lines, "", "the composed config" + (f" ({' '.join(overrides)})" if overrides else "") + ":",
+                      OmegaConf.to_yaml(cfg)])
+
+
+def aggregate_command(argv: list[str]) -> int:
+    """``diffora aggregate SWEEP_DIR [--out DIR] [--reference METHOD] [--reference-label LABEL]``."""
+    from nas.aggregate import DEFAULT_REFERENCE, AggregateWarning, aggregate
+
+    parser = argparse.ArgumentParser(prog="diffora aggregate", description=COMMANDS["aggregate"] + ": runs.csv, "
+                                     "summary.csv, summary.md, paired.csv and summary.png")
+    parser.add_argument("sweep_dir", help="a Hydra sweep folder (hydra.sweep.dir), or a folder holding several")
+    parser.add_argument("--out", default=None, help="output folder (default: <sweep_dir>/aggregate)")
+    parser.add_argument("--reference", default=DEFAULT_REFERENCE, metavar="METHOD",
+                        help=f"method the paired differences are taken against (default: {DEFAULT_REFERENCE})")
+    parser.add_argument("--reference-label", default=None, metavar="LABEL",
+                        help="variant label of the reference row, needed only where the reference method has several "
+                             "rows in a task (e.g. 'rank=8', as printed in summary.md's variant column)")
+    args = parser.parse_args(argv)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        paths = aggregate(args.sweep_dir, args.out, reference=args.reference, reference_label=args.reference_label)
+    for w in caught:
+        if issubclass(w.category, AggregateWarning):
+            print(f"diffora: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    print(paths["summary_md"].read_text())
+    for path in paths.values():
+        print(f"wrote {path}")
+    return 0
+
+
+def export_command(argv: list[str]) -> int:
+    """``diffora export RUN_DIR OUT_DIR [--merge]``."""
+    from nas.export import export_run
+
+    parser = argparse.ArgumentParser(prog="diffora export", description=COMMANDS["export"])
+    parser.add_argument("run_dir", type=Path, help="a finished run's folder (it holds metrics.json and adapter/)")
+    parser.add_argument("out_dir", type=Path, help="a new or empty folder")
+    parser.add_argument("--merge", action="store_true",
+                        help="write the base model with the adapter merged in (loads with transformers alone)")
+    args = parser.parse_args(argv)
+    written = export_run(args.run_dir, args.out_dir, merge=args.merge)
+    print(f"wrote {written}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
