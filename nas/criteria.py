@@ -30,6 +30,7 @@ from typing import Literal
 
 import torch
 
+from nas.completions import model_inputs
 from nas.discretizer import finite_scores
 from nas.errors import ConfigError
 from nas.hypergradient import Batch, LossFn
@@ -104,10 +105,6 @@ def _gate_statistic(kind: str) -> Callable[[ScoringInput], Scores]:
     return score
 
 
-def _inputs_of(batch: Batch) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in batch.items() if k != "labels"}
-
-
 def _grad_norm(inputs: ScoringInput) -> Scores:
     net = inputs.supernet
     was_training = net.training
@@ -116,7 +113,7 @@ def _grad_norm(inputs: ScoringInput) -> Scores:
     flat = [p for group in params.values() for p in group]
     totals = [torch.zeros_like(p) for p in flat]
     for batch in inputs.batches:
-        loss = inputs.loss_fn(net(**_inputs_of(batch)), batch)
+        loss = inputs.loss_fn(net(**model_inputs(batch)), batch)
         for total, grad in zip(totals, torch.autograd.grad(loss, flat, allow_unused=True), strict=True):
             if grad is not None:
                 total += grad
@@ -151,7 +148,7 @@ def _branch_norm(inputs: ScoringInput) -> Scores:
             for batch in inputs.batches:
                 attention = batch.get("attention_mask")
                 mask[0] = attention.float() if attention is not None else None
-                net(**_inputs_of(batch))
+                net(**model_inputs(batch))
                 tokens += float(mask[0].sum()) if mask[0] is not None else float(batch["input_ids"].numel())
             gamma = by_module(net.space, net.relaxation.weights(net.dam_logits, training=False))
     finally:
@@ -170,7 +167,7 @@ def mean_loss(inputs: ScoringInput, removed: set[str] | None = None) -> float:
     net.removed = set(removed or ())
     try:
         with torch.no_grad():
-            total = sum(float(inputs.loss_fn(net(**_inputs_of(b)), b)) for b in inputs.batches)
+            total = sum(float(inputs.loss_fn(net(**model_inputs(b)), b)) for b in inputs.batches)
     finally:
         net.removed = set()
         net.detach_gates()

@@ -92,7 +92,10 @@ def export_adapter(model: nn.Module, head_parameter_names: list[str], folder: Pa
                           "so there is no LoRA to export; lower method.sparse_lambda or method.xi")
     ranks = {name: a.shape[0] for name, (a, _) in factors.items()}
     r, pattern = rank_config(ranks)
+    inner = unwrap(model)
+    conv1d = any(type(getattr(inner.get_submodule(n), "base_layer", None)).__name__ == "Conv1D" for n in factors)
     config = LoraConfig(r=r, lora_alpha=r, lora_dropout=dropout, target_modules=sorted(factors),
+                        fan_in_fan_out=conv1d,  # GPT-2's Conv1D stores W transposed; A and B are the same
                         rank_pattern=pattern, alpha_pattern=dict(pattern),
                         modules_to_save=head_module_names(head_parameter_names) or None,
                         base_model_name_or_path=base_model, inference_mode=True)
@@ -100,7 +103,6 @@ def export_adapter(model: nn.Module, head_parameter_names: list[str], folder: Pa
     for name, (a, b) in factors.items():
         tensors[f"{PEFT_PREFIX}{name}.lora_A.weight"] = a
         tensors[f"{PEFT_PREFIX}{name}.lora_B.weight"] = b
-    inner = unwrap(model)
     for name in head_parameter_names:
         tensors[PEFT_PREFIX + name] = inner.get_parameter(name).detach().float().contiguous()
     folder.mkdir(parents=True, exist_ok=True)
@@ -152,7 +154,9 @@ def export_run(run_dir: Path, out_dir: Path, merge: bool = False) -> Path:
                           f"merge by hand with PeftModel.from_pretrained(base, '{run_dir / ADAPTER_DIR}')"
                           f".merge_and_unload()")
     adapter_config = json.loads((run_dir / ADAPTER_DIR / "adapter_config.json").read_text())
-    backbone = load_backbone(result["model"], int(result["num_labels"]), adapter_config.get("modules_to_save"))
+    objective = result.get("objective", "head")
+    backbone = load_backbone(result["model"], int(result["num_labels"]), adapter_config.get("modules_to_save"),
+                             objective=objective, pad_token="eos" if objective == "causal_lm" else None)
     merged = PeftModel.from_pretrained(backbone.model, str(run_dir / ADAPTER_DIR)).merge_and_unload()
     merged.save_pretrained(str(out_dir))
     backbone.tokenizer.save_pretrained(str(out_dir))

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from nas.completions import model_inputs
 from nas.parallel import SINGLE, Parallel
 from nas.registry import Registry
 from nas.virtual_step import VirtualStep, sgd_virtual_step
@@ -55,7 +56,7 @@ class BilevelProblem:
 
     def loss(self, batch: Batch, weights: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
         """L(w, α) on ``batch``; with ``weights`` the inner variables are replaced by those tensors."""
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        inputs = model_inputs(batch)
         if weights is None:
             outputs = self.model(**inputs)
         else:

@@ -30,6 +30,12 @@ from nas.errors import ConfigError
 Batch = Mapping[str, torch.Tensor]
 
 
+def per_token(key: str, value: torch.Tensor, width: int) -> bool:
+    """A (B, width) tensor with one entry per token: inputs, masks and a completion task's integer labels; a
+    vector regression target (float labels) is one entry per example, whatever its size."""
+    return value.dim() == 2 and value.shape[1] == width and (key != "labels" or not value.is_floating_point())
+
+
 @dataclass(frozen=True)
 class Parallel:
     """This process's place: its rank among ``world`` processes, and the micro-batches per optimizer step."""
@@ -63,8 +69,8 @@ class Parallel:
             part = {k: v[index[0]:index[-1] + 1] for k, v in batch.items()}
             if "attention_mask" in part:
                 width = int(part["attention_mask"].sum(dim=0).nonzero().max()) + 1
-                part = {k: v[:, :width] if k != "labels" and v.dim() == 2
-                        and v.shape[1] == batch["attention_mask"].shape[1] else v for k, v in part.items()}
+                part = {k: v[:, :width] if per_token(k, v, batch["attention_mask"].shape[1]) else v
+                        for k, v in part.items()}
             yield part, len(index) / total
 
     def all_reduce_(self, tensors: Sequence[torch.Tensor]) -> None:

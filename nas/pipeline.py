@@ -18,7 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from nas.backbone import Backbone, load_backbone
 from nas.budget import describe, resolve_target
 from nas.checkpoint import Checkpointer
-from nas.data import prepare_data, prepare_planted_data
+from nas.completions import class_labels, prepare_completion_data
+from nas.data import TaskData, prepare_data, prepare_planted_data
 from nas.discretizer import keep_count
 from nas.errors import ConfigError
 from nas.export import ADAPTER_DIR, MODEL_DIR, export_adapter, export_full_model, lora_factors
@@ -61,6 +62,16 @@ def check_planted_fits(rho: float, candidates: int, planted: int) -> None:
                           f"{planted / candidates:.4g} (|S|/N) or more")
 
 
+def baseline(data: TaskData) -> dict[str, float]:
+    """The dev metrics of always predicting the most frequent train class (the train mean for a regression); none
+    for free completions."""
+    task = data.task
+    if task.objective == "head":
+        return majority_baseline(task, data.train["labels"], data.dev["labels"])
+    train, dev = class_labels(task, data.train), class_labels(task, data.dev)
+    return {} if train is None else majority_baseline(task, train, dev)
+
+
 def export_trained(prepared: Prepared, backbone: Backbone, run_dir: Path, base_model: str, dropout: float) -> None:
     """The run's deployable artifact from the model in memory (nas/export.py): ``model/``, the whole model, for full
     fine-tuning (no selected module); ``adapter/`` in PEFT's LoRA format for every adapter method."""
@@ -82,8 +93,11 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, logger: Logger, checkpoint: Che
     total_start = time.perf_counter()
     seed_everything(cfg.seed)
     spec = planted_spec(cfg.task) if cfg.task.name == "planted" else None
-    num_labels = spec.task().num_labels if spec is not None else get_task(cfg.task.name).num_labels
-    backbone = load_backbone(cfg.model.name_or_path, num_labels, cfg.model.head_modules, cfg.model.dropout)
+    objective = str(cfg.task.objective)
+    num_labels = (spec.task().num_labels if spec is not None else 0 if objective == "causal_lm"
+                  else get_task(cfg.task.name).num_labels)
+    backbone = load_backbone(cfg.model.name_or_path, num_labels, cfg.model.head_modules, cfg.model.dropout,
+                             objective, cfg.model.pad_token)
     try:
         space = build_search_space(backbone.model, cfg.space.preset, cfg.space.module_types, cfg.space.layers)
     except (ValueError, TypeError) as error:
@@ -94,6 +108,9 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, logger: Logger, checkpoint: Che
                                            backbone.tokenizer, space, cfg.task.data_dir, cfg.task.max_length,
                                            cfg.device, cfg.paths.cache_dir, cfg.seed, cfg.task.max_train_samples,
                                            cfg.task.max_eval_samples)
+    elif objective == "causal_lm":
+        data = TaskData(*prepare_completion_data(cfg.task, backbone.tokenizer, cfg.task.max_length, cfg.seed,
+                                                 cfg.task.max_train_samples, cfg.task.max_eval_samples))
     else:
         data = prepare_data(get_task(cfg.task.name), cfg.task.data_dir, backbone.tokenizer, cfg.task.max_length,
                             cfg.paths.cache_dir, cfg.seed, cfg.task.max_train_samples, cfg.task.max_eval_samples)
@@ -129,7 +146,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, logger: Logger, checkpoint: Che
         "task": truth.spec.label if truth is not None else task.name, "method": cfg.method.name, "seed": cfg.seed,
         "model": str(cfg.model.name_or_path), "num_labels": task.num_labels, "metrics": metrics,
         "main_metric": task.main_metric, "score": metrics[task.main_metric],
-        "majority_baseline": majority_baseline(task, data.train["labels"], data.dev["labels"]),
+        "majority_baseline": baseline(data), "objective": objective,
         **counts, **describe(ctx.budget_target, counts["effective_params"]),
         "num_selected": len(prepared.selected), "num_candidates": len(space),
         "train_examples": len(data.train), "dev_examples": len(data.dev),

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from nas.backbone import Backbone
 from nas.bilevel import ArchPenalty, BilevelSearch, StepStats
 from nas.checkpoint import Checkpointer, load_tensors, rng_state, set_rng_state, tensors
+from nas.completions import class_labels
 from nas.criteria import (
     CRITERIA,
     GateStatistics,
@@ -121,7 +122,9 @@ def search(cfg: DictConfig, backbone: Backbone, space: SearchSpace, data: TaskDa
     supernet = SuperNet(backbone.model, space, relaxation, backbone.head_names, operator=cfg.space.operator,
                         rank=cfg.space.rank, alpha=cfg.space.alpha, dropout=cfg.space.dropout,
                         operator_args=cfg.space.operator_args, generator=generator).to(cfg.device)
-    w_idx, a_idx = split_indices(data.train["labels"], b.w_fraction, cfg.seed, not data.task.is_regression)
+    classes = class_labels(data.task, data.train)
+    w_idx, a_idx = split_indices(classes if classes is not None else list(range(len(data.train))), b.w_fraction,
+                                 cfg.seed, classes is not None)
     w_loader = make_loader(data.train.select(w_idx), backbone.tokenizer, b.batch_size, True, cfg.seed,
                            cfg.group_by_length)
     a_loader = make_loader(data.train.select(a_idx), backbone.tokenizer, b.batch_size, True, cfg.seed + 1,

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
 from nas.checkpoint import Checkpointer, load_tensors, rng_state, set_rng_state, tensors
+from nas.completions import CompletionCollator, evaluate_completions, model_inputs
 from nas.errors import NonFiniteError
 from nas.logger import Logger
 from nas.parallel import SINGLE, Parallel
@@ -57,7 +58,8 @@ def make_loader(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, batch_size
     """Batches padded to their own longest sequence (dynamic padding); with ``group_by_length`` (and
     ``shuffle``) the batches are :class:`LengthGroupedBatches`, so each pads less."""
     generator = torch.Generator().manual_seed(seed)
-    collator = DataCollatorWithPadding(tokenizer)
+    completions = "prompt_length" in dataset.column_names  # a causal-LM task's prompt ⊕ completion examples
+    collator = CompletionCollator(tokenizer.pad_token_id) if completions else DataCollatorWithPadding(tokenizer)
     if group_by_length and shuffle:
         lengths = [len(ids) for ids in dataset["input_ids"]]
         return DataLoader(dataset, batch_sampler=LengthGroupedBatches(lengths, batch_size, generator),
@@ -132,7 +134,7 @@ def finetune(model: nn.Module, params: list[nn.Parameter], loader: DataLoader, t
         task_total, extra = torch.zeros((), device=device), None
         for index, (part, weight) in enumerate(parallel.micro_batches(batch)):
             with autocast(device, precision):
-                loss = compute_loss(model(**{k: v for k, v in part.items() if k != "labels"}), part) * weight
+                loss = compute_loss(model(**model_inputs(part)), part) * weight
             task_total += loss.detach().float()
             if index == 0 and parallel.is_main:
                 extra = hooks.extra_loss(model)
@@ -200,14 +202,17 @@ class TrainingHooks:
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, task: GlueTask, device: str,
              precision: str = "fp32") -> dict[str, float]:
-    """The task's official GLUE metrics on every batch of ``loader`` (forward passes under ``precision``)."""
+    """The task's official GLUE metrics on every batch of ``loader`` (forward passes under ``precision``); a
+    causal-LM task's metrics come from :func:`~nas.completions.evaluate_completions`."""
+    if task.objective == "causal_lm":
+        return evaluate_completions(model, loader, task, device, precision)
     was_training = model.training
     model.eval()
     predictions: list[np.ndarray] = []
     labels: list[np.ndarray] = []
     for batch in tqdm(loader, desc="evaluate", dynamic_ncols=True):
         batch = to_device(batch, device)
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        inputs = model_inputs(batch)
         with autocast(device, precision):
             logits = model(**inputs).logits
         predictions.append(predictions_from_logits(logits.float(), task))

@@ -30,6 +30,8 @@ class GlueTask:
     metrics: tuple[str, ...]
     main_metric: str
     multi_output: bool = False  # regression on all num_labels outputs at once (the planted task's task.outputs)
+    objective: str = "head"  # head: a classification/regression head | causal_lm: next-token loss on completions
+    label_word_ids: tuple[tuple[int, ...], ...] | None = None  # causal_lm on a GLUE task: class c's word's ids
 
     @property
     def is_regression(self) -> bool:

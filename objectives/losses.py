@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from objectives.glue import GlueTask, get_task
+from objectives.lm import causal_lm_loss
 
 
 def _scores(logits: torch.Tensor, task: GlueTask) -> torch.Tensor:
@@ -26,10 +27,13 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor, task: GlueTask | str) 
     """Mean loss over the batch.
 
     Classification: cross-entropy -(1/B) sum_i log softmax(z_i)[y_i] on logits (B, num_labels).
+    Causal LM: the mean next-token cross-entropy over completion tokens (objectives/lm.py).
     Regression: MSE (1/B) sum_i (z_i - y_i)^2 on logits.squeeze(-1) (B,) against float labels; a multi-output
     task averages over its D outputs too: (1/(B·D)) sum_ij (z_ij - y_ij)^2 on logits (B, D).
     """
     task = get_task(task)
+    if task.objective == "causal_lm":  # logits (B, T, V), labels (B, T) with −100 off the completions
+        return causal_lm_loss(logits, labels)
     if task.is_regression:
         scores = _scores(logits, task)
         if scores.shape != labels.shape:
