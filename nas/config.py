@@ -428,6 +428,9 @@ def validate_inputs(cfg: Any) -> None:
     if cfg.task.name == "jsonl":
         _check(objective == "causal_lm", "task=jsonl needs task.objective=causal_lm (prompt → completion data)")
         for key in ("train_file", "dev_file"):
+            _check(not OmegaConf.is_missing(cfg.task, key),
+                   f"task=jsonl needs task.{key}: a JSONL file with one {{\"prompt\": ..., \"completion\": ...}} "
+                   f"object per line")
             path = Path(str(cfg.task[key])).expanduser()
             _check(path.is_file(), f"task.{key}={path} does not exist; point it at a JSONL file with one "
                                    f'{{"prompt": ..., "completion": ...}} object per line')

@@ -29,8 +29,13 @@ def test_every_group_has_options() -> None:
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS)
-def test_every_option_composes_and_validates(group: str, option: str) -> None:
-    cfg = compose_run([f"{group}={option}"])
+def test_every_option_composes_and_validates(group: str, option: str, tmp_path: Path) -> None:
+    extra = []
+    if (group, option) == ("task", "jsonl"):  # its data files are the user's, so they are required
+        pairs = tmp_path / "pairs.jsonl"
+        pairs.write_text('{"prompt": "a", "completion": " b"}\n')
+        extra = [f"task.train_file={pairs}", f"task.dev_file={pairs}"]
+    cfg = compose_run([f"{group}={option}", *extra])
     OmegaConf.resolve(cfg)
     validate_run_config(cfg)
     assert cfg.method.name == (option if group == "method" else "diffora")
