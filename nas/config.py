@@ -15,8 +15,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from nas.engine.precision import PRECISIONS
 from nas.errors import ConfigError
-from nas.precision import PRECISIONS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = PROJECT_ROOT / "conf"  # the checkout's Hydra config (diffora is installed editable from it)
@@ -176,7 +176,7 @@ class ParamBudgetDiscretizerConfig(DiscretizerConfig):
 
 @dataclass
 class CriterionConfig:
-    """How every candidate module is scored; the discretizer ranks the scores (nas/criteria.py)."""
+    """How every candidate module is scored; the discretizer ranks the scores (nas/search/criteria.py)."""
 
     name: str = "dam"  # dam | perturbation | gate_saliency | grad_norm | branch_norm | fisher | random
     normalize: str = "none"  # none | type: z-scores within each module type before ranking (and in selection.json)
@@ -280,7 +280,7 @@ class PathsConfig:
 
 @dataclass
 class CheckpointConfig:
-    """Checkpoints of the search and the training loop (nas/checkpoint.py); resume with ``resume=true``."""
+    """Checkpoints of the search and the training loop (nas/engine/checkpoint.py); resume with ``resume=true``."""
 
     every: int = 0  # steps between two saves of a stage's state (and always at its last step); 0: off
 
@@ -342,18 +342,18 @@ def _check(condition: bool, message: str) -> None:
 
 def validate_run_config(cfg: Any) -> None:
     """Range and name checks that the schema cannot express; raises ConfigError naming the fix."""
-    from nas.criteria import CRITERIA
-    from nas.discretizer import DISCRETIZERS
-    from nas.hypergradient import HYPERGRADIENTS
-    from nas.logger import LOGGERS
+    from nas.adapters.operators import OPERATORS
+    from nas.engine.logger import LOGGERS
     from nas.methods import METHODS
-    from nas.operators import OPERATORS
-    from nas.relaxation import RELAXATIONS
+    from nas.search.criteria import CRITERIA
+    from nas.search.discretizer import DISCRETIZERS
+    from nas.search.hypergradient import HYPERGRADIENTS
+    from nas.search.relaxation import RELAXATIONS
 
     rho = cfg.discretizer.rho
     _check(0.0 < rho <= 1.0 and math.isfinite(rho),
            f"discretizer.rho={rho} is outside (0, 1]; pass e.g. discretizer.rho=0.5")
-    from nas.regularizers import REGULARIZERS
+    from nas.search.regularizers import REGULARIZERS
 
     for name, weight in cfg.bilevel.regularizers.items():
         _check(name in REGULARIZERS, f"bilevel.regularizers.{name} is unknown; choose among: "
@@ -417,7 +417,7 @@ def validate_run_config(cfg: Any) -> None:
 
 def validate_inputs(cfg: Any) -> None:
     """The task exists, its data folder is there (unless read from the hub), the model path resolves."""
-    from nas.backbone import resolve_model_path
+    from nas.engine.backbone import resolve_model_path
     from objectives import get_task
 
     objective = cfg.task.get("objective", "head")
@@ -443,7 +443,7 @@ def validate_inputs(cfg: Any) -> None:
         raise ConfigError(f"task.{'source' if name != cfg.task.name else 'name'}: {error} (or planted, or jsonl)"
                           ) from error
     if cfg.task.name == "planted":
-        from nas.pipeline import planted_spec
+        from nas.engine.pipeline import planted_spec
 
         planted_spec(cfg.task)  # pattern, target, size, rank: checked before any work
     if cfg.task.data_dir is not None:

@@ -1,4 +1,4 @@
-"""nas.aggregate and experiments/aggregate.py on synthetic sweep folders written here."""
+"""nas.reporting.aggregate and experiments/aggregate.py on synthetic sweep folders written here."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from nas.aggregate import (
+from nas.config import PROJECT_ROOT
+from nas.errors import ConfigError
+from nas.reporting.aggregate import (
     AggregateWarning,
     aggregate,
     jaccard,
@@ -26,9 +28,7 @@ from nas.aggregate import (
     to_markdown,
     write_tables,
 )
-from nas.config import PROJECT_ROOT
-from nas.errors import ConfigError
-from nas.statistics import expected_jaccard
+from nas.reporting.statistics import expected_jaccard
 
 ABLATION = {"sigmoid": "global_topk", "gumbel": "threshold"}
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 from conftest import tiny_batch, tiny_bert
 
-from nas.bilevel import BilevelSearch, assert_disjoint
-from nas.hypergradient import HYPERGRADIENTS, BilevelProblem, first_order, second_order
-from nas.relaxation import build_relaxation
-from nas.supernet import SuperNet
-from nas.virtual_step import optimizer_virtual_step
+from nas.search.bilevel import BilevelSearch, assert_disjoint
+from nas.search.hypergradient import HYPERGRADIENTS, BilevelProblem, first_order, second_order
+from nas.search.relaxation import build_relaxation
+from nas.search.supernet import SuperNet
+from nas.search.virtual_step import optimizer_virtual_step
 from search_spaces import build_search_space
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from conftest import compose_run, tiny_bert
 
-from nas.budget import resolve_rank, resolve_target, solve_rank
-from nas.cost import space_cost
+from nas.adapters.cost import space_cost
+from nas.engine.budget import resolve_rank, resolve_target, solve_rank
 from nas.errors import ConfigError
 from search_spaces import build_search_space
 

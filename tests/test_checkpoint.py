@@ -1,4 +1,4 @@
-"""Checkpoint and resume (nas/checkpoint.py): a run killed with SIGKILL in the search or in training and resumed
+"""Checkpoint and resume (nas/engine/checkpoint.py): a run killed with SIGKILL in the search or in training and resumed
 ends exactly as an uninterrupted run with the same seed; a resume that cannot be honest is refused."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from nas.checkpoint import Checkpointer, diff, identity
 from nas.config import PROJECT_ROOT
+from nas.engine.checkpoint import Checkpointer, diff, identity
 from nas.errors import ConfigError
 
 ARGS = ["task=mrpc", "debug=smoke", "logger=none", "retrain.export_adapter=false", "checkpoint.every=3",

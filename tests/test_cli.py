@@ -77,7 +77,7 @@ def check_merged_model(run_dir: Path, merged_dir: Path) -> None:
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
-    from nas.backbone import load_backbone
+    from nas.engine.backbone import load_backbone
 
     merged = AutoModelForSequenceClassification.from_pretrained(merged_dir).eval()
     base = load_backbone(json.loads((run_dir / "metrics.json").read_text())["model"], 2, ["classifier"])

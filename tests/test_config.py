@@ -174,7 +174,7 @@ def test_planted_recovery_sweeps_relaxation_order_pattern_and_seed() -> None:
 
 
 def test_criteria_glue_sweeps_every_registered_criterion() -> None:
-    from nas.criteria import CRITERIA
+    from nas.search.criteria import CRITERIA
 
     cfg = compose_sweep(["experiment=criteria_glue"])
     assert sorted(cfg.hydra.sweeper.params.criterion.split(",")) == CRITERIA.names()

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from nas.cost import FORMULAS, _measured, module_cost, space_cost
+from nas.adapters.cost import FORMULAS, _measured, module_cost, space_cost
+from nas.adapters.operators import OPERATORS, build_operator
 from nas.errors import ConfigError
-from nas.operators import OPERATORS, build_operator
 from search_spaces.candidate import Candidate
 
 # (operator, in, out, rank, operator_args)

@@ -9,8 +9,9 @@ import pytest
 import torch
 from conftest import tiny_batch, tiny_bert
 
-from nas.bilevel import StepStats
-from nas.criteria import (
+from nas.errors import ConfigError, NonFiniteError
+from nas.search.bilevel import StepStats
+from nas.search.criteria import (
     CRITERIA,
     GateStatistics,
     ScoringInput,
@@ -19,11 +20,10 @@ from nas.criteria import (
     normalize_scores,
     score_stage,
 )
-from nas.dam_optimizer import SharedAdam
-from nas.errors import ConfigError, NonFiniteError
-from nas.relaxation import build_relaxation
-from nas.search import check_step
-from nas.supernet import SuperNet
+from nas.search.dam_optimizer import SharedAdam
+from nas.search.loop import check_step
+from nas.search.relaxation import build_relaxation
+from nas.search.supernet import SuperNet
 from objectives import get_task, task_loss
 from search_spaces import build_search_space
 

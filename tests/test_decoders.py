@@ -25,11 +25,11 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from nas.backbone import load_backbone
 from nas.config import PROJECT_ROOT
+from nas.engine.backbone import load_backbone
+from nas.engine.logger import NullLogger
+from nas.engine.pipeline import run_pipeline
 from nas.errors import ConfigError
-from nas.logger import NullLogger
-from nas.pipeline import run_pipeline
 from objectives.lm import IGNORE, causal_lm_loss, encode_pair, label_word_scores, read_jsonl
 
 GLUE = PROJECT_ROOT.parent / "shared" / "data" / "glue"
@@ -182,7 +182,7 @@ def test_a_decoders_adapter_reloads_with_peft_and_merges_into_a_causal_lm(tmp_pa
                                                                           decoder_dirs: dict[str, Path]) -> None:
     from peft import PeftModel
 
-    from nas.export import export_run
+    from nas.adapters.export import export_run
 
     run = tmp_path / "run"
     run.mkdir()

@@ -11,12 +11,12 @@ from conftest import TINY_BERT, compose_run
 from datasets import Dataset
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-from nas.backbone import Backbone
-from nas.data import TaskData
-from nas.discretizer import DiscretizeInput, build_discretizer
-from nas.logger import NullLogger
-from nas.outputs import seed_everything
-from nas.search import search
+from nas.engine.backbone import Backbone
+from nas.engine.data import TaskData
+from nas.engine.logger import NullLogger
+from nas.engine.outputs import seed_everything
+from nas.search.discretizer import DiscretizeInput, build_discretizer
+from nas.search.loop import search
 from objectives import get_task
 from search_spaces import build_search_space
 

@@ -7,9 +7,9 @@ import math
 import pytest
 from conftest import tiny_bert
 
-from nas.cost import module_cost
-from nas.discretizer import DISCRETIZERS, DiscretizeInput, build_discretizer, keep_count, top_k
+from nas.adapters.cost import module_cost
 from nas.errors import ConfigError
+from nas.search.discretizer import DISCRETIZERS, DiscretizeInput, build_discretizer, keep_count, top_k
 from search_spaces import build_search_space
 from search_spaces.candidate import Candidate
 from search_spaces.space import SearchSpace
@@ -140,7 +140,7 @@ def test_param_budget_below_the_cheapest_module_names_its_cost() -> None:
     ("lora", None), ("sora", {}), ("prolora", {"sharing_in": 2, "sharing_out": 2, "unshared_rank": 1}),
 ])
 def test_param_budget_prices_the_searched_operator(operator: str, args: dict | None) -> None:
-    """Costs are the operator's own branch sizes (nas.cost.module_cost), for the budget and its ρ default."""
+    """Costs are the operator's own branch sizes (nas.adapters.cost.module_cost), for the budget and its ρ default."""
     space, scores = tiny_space_and_scores()
     costs = {c.name: module_cost(c, operator, 4, args) for c in space}
     for config in ({"target_params": 1536}, {"rho": 0.5}):

@@ -13,12 +13,12 @@ from peft import PeftModel
 from test_methods import TOKENIZER, context, tiny_backbone, train
 from transformers import AutoModelForSequenceClassification
 
+from nas.adapters.export import export_adapter, export_run, head_module_names, lora_factors, rank_config
+from nas.adapters.retrain import adapt_selected
+from nas.engine.pipeline import export_trained
+from nas.engine.training import make_loader
 from nas.errors import ConfigError
-from nas.export import export_adapter, export_run, head_module_names, lora_factors, rank_config
 from nas.methods import METHODS
-from nas.pipeline import export_trained
-from nas.retrain import adapt_selected
-from nas.training import make_loader
 
 HEAD = ["classifier.weight", "classifier.bias"]
 CASES = [  # method, overrides, PEFT ranks expected to differ by module

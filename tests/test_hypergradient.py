@@ -12,10 +12,10 @@ from conftest import tiny_batch, tiny_bert
 from torch import nn
 from torch.func import functional_call
 
-from nas.hypergradient import HYPERGRADIENTS, BilevelProblem, first_order, second_order
-from nas.relaxation import build_relaxation
-from nas.supernet import SuperNet
-from nas.virtual_step import VirtualStep, optimizer_virtual_step, sgd_virtual_step
+from nas.search.hypergradient import HYPERGRADIENTS, BilevelProblem, first_order, second_order
+from nas.search.relaxation import build_relaxation
+from nas.search.supernet import SuperNet
+from nas.search.virtual_step import VirtualStep, optimizer_virtual_step, sgd_virtual_step
 from search_spaces import build_search_space
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from conftest import compose_run
 
-from nas.logger import NullLogger
-from nas.pipeline import run_pipeline
+from nas.engine.logger import NullLogger
+from nas.engine.pipeline import run_pipeline
 
 
 @pytest.mark.integration

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nas.logger import LOGGERS, NullLogger, WandbLogger, build_logger, run_group
+from nas.engine.logger import LOGGERS, NullLogger, WandbLogger, build_logger, run_group
 
 
 def test_registry_has_both() -> None:

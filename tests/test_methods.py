@@ -13,13 +13,13 @@ from conftest import TINY_BERT, compose_run
 from test_determinism import synthetic_data
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-from nas.backbone import Backbone
-from nas.criteria import random_scores
-from nas.data import TaskData
-from nas.logger import NullLogger
+from nas.engine.backbone import Backbone
+from nas.engine.data import TaskData
+from nas.engine.logger import NullLogger
+from nas.engine.training import finetune, make_loader
 from nas.methods import METHODS, MethodContext, Prepared, TrainingHooks
 from nas.methods.adalora import final_ranks
-from nas.training import finetune, make_loader
+from nas.search.criteria import random_scores
 from objectives import get_task
 from search_spaces import build_search_space
 
@@ -40,7 +40,7 @@ def context(tmp_path: Path, overrides: list[str]) -> tuple[MethodContext, Backbo
     backbone = tiny_backbone()
     space = build_search_space(backbone.model, "bert")
     data = TaskData(get_task("sst2"), synthetic_data(48), synthetic_data(16, seed=1))
-    from nas.budget import resolve_target
+    from nas.engine.budget import resolve_target
 
     ctx = MethodContext(cfg=cfg, data=data, space=space, run_dir=tmp_path, logger=NullLogger(),
                         budget_target=resolve_target(cfg, space))

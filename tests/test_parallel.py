@@ -1,4 +1,4 @@
-"""Global batches split over processes and micro-batches (nas/parallel.py): the same gradients, steps and
+"""Global batches split over processes and micro-batches (nas/engine/parallel.py): the same gradients, steps and
 selection as one process taking whole batches."""
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from conftest import compose_run
 from test_determinism import TOKENIZER, synthetic_data
 from test_methods import tiny_backbone
 
-from nas.data import TaskData
+from nas.engine.data import TaskData
+from nas.engine.logger import NullLogger
+from nas.engine.parallel import Parallel, first_host, slurm_environment
+from nas.engine.training import finetune, make_loader
 from nas.errors import ConfigError
-from nas.logger import NullLogger
-from nas.parallel import Parallel, first_host, slurm_environment
-from nas.search import search
-from nas.training import finetune, make_loader
+from nas.search.loop import search
 from objectives import get_task
 from search_spaces import build_search_space
 
@@ -67,7 +67,7 @@ def test_a_batch_that_does_not_split_evenly_is_refused() -> None:
 
 
 def test_a_launch_with_fewer_processes_than_planned_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    from nas.parallel import from_environment
+    from nas.engine.parallel import from_environment
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     with pytest.raises(ConfigError, match="processes=2 but 1 process\\(es\\) were launched; start it with torchrun "
@@ -99,7 +99,7 @@ def test_a_slurm_job_step_of_several_tasks_describes_the_process_group() -> None
 def test_two_slurm_tasks_form_one_process_group_on_gloo() -> None:
     """Two processes that see only SLURM's task variables (as srun or submitit start them) all-reduce together."""
     script = ("import torch, torch.distributed as dist\n"
-              "from nas.parallel import from_environment\n"
+              "from nas.engine.parallel import from_environment\n"
               "p = from_environment(1, 'cpu', expected=2)\n"
               "t = torch.tensor([float(p.rank + 1)]); dist.all_reduce(t)\n"
               "print(p.rank, p.world, float(t)); dist.destroy_process_group()\n")

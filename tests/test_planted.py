@@ -184,8 +184,8 @@ def test_auc_within_type_ignores_a_scale_that_differs_by_type() -> None:
 
 
 def test_a_rho_that_keeps_fewer_modules_than_were_planted_is_refused() -> None:
+    from nas.engine.pipeline import check_planted_fits
     from nas.errors import ConfigError
-    from nas.pipeline import check_planted_fits
 
     check_planted_fits(0.25, 36, 9)  # ρ = |S|/N fits exactly
     with pytest.raises(ConfigError, match=r"discretizer.rho=0.2 keeps 8 of 36 modules, fewer than the 9 planted.*0.25"):

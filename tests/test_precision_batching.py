@@ -7,9 +7,9 @@ import torch
 from test_determinism import TOKENIZER, synthetic_data
 from test_methods import tiny_backbone
 
-from nas.logger import NullLogger
-from nas.precision import autocast
-from nas.training import LengthGroupedBatches, evaluate, finetune, make_loader
+from nas.engine.logger import NullLogger
+from nas.engine.precision import autocast
+from nas.engine.training import LengthGroupedBatches, evaluate, finetune, make_loader
 from objectives import get_task
 
 

@@ -8,9 +8,10 @@ import pytest
 import torch
 from conftest import tiny_batch, tiny_bert
 
+from nas.adapters.lora import LoRABranch
+from nas.adapters.operators import build_operator, inject_adapters
+from nas.adapters.prolora import PRoLoRABranch, check_prolora_args, prolora_param_count
 from nas.errors import ConfigError
-from nas.operators import LoRABranch, build_operator, inject_adapters
-from nas.prolora import PRoLoRABranch, check_prolora_args, prolora_param_count
 
 
 def make(in_f: int, out_f: int, r: int, m: int, n: int, u: int, seed: int = 0, **kwargs) -> PRoLoRABranch:

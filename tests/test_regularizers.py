@@ -8,9 +8,9 @@ import pytest
 import torch
 from conftest import tiny_bert
 
-from nas.cost import module_cost
+from nas.adapters.cost import module_cost
 from nas.errors import ConfigError
-from nas.regularizers import (
+from nas.search.regularizers import (
     REGULARIZERS,
     RegularizerContext,
     build_regularizer_loss,

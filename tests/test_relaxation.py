@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from nas.errors import ConfigError
-from nas.relaxation import (
+from nas.search.relaxation import (
     RELAXATIONS,
     GumbelRelaxation,
     HardConcreteRelaxation,

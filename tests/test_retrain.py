@@ -8,9 +8,9 @@ import pytest
 import torch
 from conftest import tiny_bert
 
-from nas.relaxation import build_relaxation
-from nas.retrain import adapt_selected, expected_gates
-from nas.supernet import SuperNet
+from nas.adapters.retrain import adapt_selected, expected_gates
+from nas.search.relaxation import build_relaxation
+from nas.search.supernet import SuperNet
 from search_spaces import build_search_space
 
 HEAD = ["classifier.weight", "classifier.bias"]
@@ -94,8 +94,8 @@ def test_a_diffora_run_loads_the_backbone_once(tmp_path, monkeypatch: pytest.Mon
     from conftest import compose_run
     from transformers import AutoModelForSequenceClassification
 
-    from nas.logger import NullLogger
-    from nas.pipeline import run_pipeline
+    from nas.engine.logger import NullLogger
+    from nas.engine.pipeline import run_pipeline
 
     loads = []
     original = AutoModelForSequenceClassification.from_pretrained

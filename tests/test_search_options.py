@@ -9,12 +9,12 @@ from conftest import TINY_BERT, compose_run
 from test_determinism import TOKENIZER, synthetic_data
 from transformers import BertConfig, BertForSequenceClassification
 
-from nas.backbone import Backbone
-from nas.data import TaskData
-from nas.diagnostics import collapse, mean_binary_entropy
-from nas.logger import NullLogger
-from nas.outputs import seed_everything
-from nas.search import search
+from nas.engine.backbone import Backbone
+from nas.engine.data import TaskData
+from nas.engine.logger import NullLogger
+from nas.engine.outputs import seed_everything
+from nas.search.diagnostics import collapse, mean_binary_entropy
+from nas.search.loop import search
 from objectives import get_task
 from search_spaces import build_search_space
 

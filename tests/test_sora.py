@@ -7,9 +7,9 @@ import torch
 from conftest import tiny_batch, tiny_bert
 from torch import nn
 
-from nas.errors import ConfigError
-from nas.operators import AdaptedLinear, LoRABranch, build_operator, inject_adapters
-from nas.sora import (
+from nas.adapters.lora import LoRABranch
+from nas.adapters.operators import AdaptedLinear, build_operator, inject_adapters
+from nas.adapters.sora import (
     ProximalGateOptimizer,
     SoRABranch,
     gate_parameters,
@@ -18,6 +18,7 @@ from nas.sora import (
     soft_threshold_,
     sora_branches,
 )
+from nas.errors import ConfigError
 
 NAMES = ["bert.encoder.layer.0.attention.self.query", "bert.encoder.layer.0.attention.self.value",
          "bert.encoder.layer.1.attention.self.query", "bert.encoder.layer.1.output.dense"]

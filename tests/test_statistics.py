@@ -1,4 +1,4 @@
-"""nas.statistics: Jaccard chance level, paired tests, bootstrap CI and the pairing of rows by seed."""
+"""nas.reporting.statistics: Jaccard chance level, paired tests, bootstrap CI and the pairing of rows by seed."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from scipy import stats
 
 from nas.errors import ConfigError
-from nas.statistics import (
+from nas.reporting.statistics import (
     bootstrap_ci,
     expected_jaccard,
     jaccard,

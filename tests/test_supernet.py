@@ -9,9 +9,10 @@ import torch
 from conftest import tiny_batch, tiny_bert
 from transformers import GPT2Config, GPT2ForSequenceClassification
 
-from nas.operators import AdaptedLinear, LoRABranch, inject_adapters
-from nas.relaxation import RELAXATIONS, build_relaxation
-from nas.supernet import SuperNet
+from nas.adapters.lora import LoRABranch
+from nas.adapters.operators import AdaptedLinear, inject_adapters
+from nas.search.relaxation import RELAXATIONS, build_relaxation
+from nas.search.supernet import SuperNet
 from search_spaces import build_search_space
 
 HEAD = ["classifier.weight", "classifier.bias"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from nas.virtual_step import VirtualStep, optimizer_virtual_step, sgd_virtual_step
+from nas.search.virtual_step import VirtualStep, optimizer_virtual_step, sgd_virtual_step
 
 OPTIMIZERS: dict[str, Callable[[list[nn.Parameter]], torch.optim.Optimizer]] = {
     "adamw_wd": lambda p: torch.optim.AdamW(p, lr=0.05, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1),

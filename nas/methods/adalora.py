@@ -18,9 +18,10 @@ from peft import AdaLoraConfig, get_peft_model
 from peft.tuners.adalora import AdaLoraLayer
 from torch import nn
 
-from nas.backbone import Backbone
-from nas.budget import resolve_rank
-from nas.cost import space_cost
+from nas.adapters.cost import space_cost
+from nas.engine.backbone import Backbone
+from nas.engine.budget import resolve_rank
+from nas.engine.outputs import write_selection
 from nas.errors import ConfigError
 from nas.methods.base import (
     METHODS,
@@ -32,7 +33,6 @@ from nas.methods.base import (
     head_parameters,
     train_steps,
 )
-from nas.outputs import write_selection
 
 ADAPTER = "default"
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from nas.backbone import Backbone
+from nas.adapters.retrain import adapt_selected
+from nas.engine.backbone import Backbone
 from nas.methods.base import MethodContext, Prepared, head_parameters, train_steps
-from nas.retrain import adapt_selected
-from nas.supernet import SuperNet
+from nas.search.supernet import SuperNet
 
 
 def adapted_model(ctx: MethodContext, backbone: Backbone, selected: list[str], operator: str, rank: int,

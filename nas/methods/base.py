@@ -3,7 +3,7 @@
 A method turns a freshly loaded backbone into a :class:`Prepared` model — which weights train, which
 modules carry an adapter, and the per-step work it needs (:class:`TrainingHooks`) — and reports what only
 it knows after training (:meth:`Method.finalize`). Data, the training loop, evaluation, parameter counting
-and ``metrics.json`` are shared (``nas.pipeline``), so no method has a training loop of its own.
+and ``metrics.json`` are shared (``nas.engine.pipeline``), so no method has a training loop of its own.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from typing import Any
 from omegaconf import DictConfig
 from torch import nn
 
-from nas.backbone import Backbone
-from nas.checkpoint import Checkpointer
-from nas.data import TaskData
-from nas.logger import Logger
-from nas.parallel import SINGLE, Parallel
+from nas.engine.backbone import Backbone
+from nas.engine.checkpoint import Checkpointer
+from nas.engine.data import TaskData
+from nas.engine.logger import Logger
+from nas.engine.parallel import SINGLE, Parallel
+from nas.engine.training import TrainingHooks
 from nas.registry import Registry
-from nas.training import TrainingHooks
 from search_spaces.space import SearchSpace
 
 
@@ -38,7 +38,7 @@ class MethodContext:
     logger: Logger
     budget_target: int | None  # adapter parameters to meet (head excluded), or None when budgets are not matched
     checkpoint: Checkpointer | None = None  # saves and restores the search's and the training's state
-    parallel: Parallel = SINGLE  # this process's rank and micro-batches (nas/parallel.py)
+    parallel: Parallel = SINGLE  # this process's rank and micro-batches (nas/engine/parallel.py)
 
     @property
     def task(self):

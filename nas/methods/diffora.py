@@ -6,15 +6,15 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from nas.backbone import Backbone, reset_head
-from nas.diagnostics import summarize_dam
-from nas.discretizer import DiscretizeInput, build_discretizer
+from nas.adapters.retrain import expected_gates
+from nas.engine.backbone import Backbone, reset_head
+from nas.engine.outputs import write_json, write_selection
 from nas.methods.adapters import adapted_model
 from nas.methods.base import METHODS, Method, MethodContext, Prepared
-from nas.outputs import write_json, write_selection
-from nas.plots import plot_dam, plot_trajectory
-from nas.retrain import expected_gates
-from nas.search import search
+from nas.reporting.plots import plot_dam, plot_trajectory
+from nas.search.diagnostics import summarize_dam
+from nas.search.discretizer import DiscretizeInput, build_discretizer
+from nas.search.loop import search
 
 
 def discretizer_options(ctx: MethodContext) -> dict[str, Any]:

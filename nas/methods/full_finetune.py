@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nas.backbone import Backbone
+from nas.engine.backbone import Backbone
 from nas.methods.base import METHODS, Method, MethodContext, Prepared, head_parameters, train_steps
 
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from nas.backbone import Backbone
-from nas.budget import resolve_rank
-from nas.cost import space_cost
+from nas.adapters.cost import space_cost
+from nas.engine.backbone import Backbone
+from nas.engine.budget import resolve_rank
+from nas.engine.outputs import write_selection
 from nas.methods.adapters import adapted_model
 from nas.methods.base import METHODS, Method, MethodContext, Prepared
-from nas.outputs import write_selection
 
 
 @METHODS.register("lora")

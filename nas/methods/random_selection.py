@@ -6,13 +6,13 @@ Scores are i.i.d. U(0, 1) from a generator seeded with the run's seed, so ``disc
 
 from __future__ import annotations
 
-from nas.backbone import Backbone
-from nas.criteria import random_scores
-from nas.discretizer import DiscretizeInput, build_discretizer
+from nas.engine.backbone import Backbone
+from nas.engine.outputs import write_selection
 from nas.methods.adapters import adapted_model
 from nas.methods.base import METHODS, Method, MethodContext, Prepared
 from nas.methods.diffora import discretizer_options
-from nas.outputs import write_selection
+from nas.search.criteria import random_scores
+from nas.search.discretizer import DiscretizeInput, build_discretizer
 
 
 @METHODS.register("random")

@@ -11,13 +11,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from nas.backbone import Backbone
-from nas.budget import resolve_rank
-from nas.cost import space_cost
+from nas.adapters.cost import space_cost
+from nas.adapters.sora import ProximalGateOptimizer, gate_parameters, l1_penalty, prune_model_, sora_branches
+from nas.engine.backbone import Backbone
+from nas.engine.budget import resolve_rank
+from nas.engine.outputs import write_selection
 from nas.methods.adapters import adapted_model
 from nas.methods.base import METHODS, Method, MethodContext, Prepared, TrainingHooks
-from nas.outputs import write_selection
-from nas.sora import ProximalGateOptimizer, gate_parameters, l1_penalty, prune_model_, sora_branches
 
 
 class SoRAHooks(TrainingHooks):

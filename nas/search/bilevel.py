@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from nas.hypergradient import Batch, BilevelProblem, HypergradientFn
+from nas.search.hypergradient import Batch, BilevelProblem, HypergradientFn
 
 
 @dataclass

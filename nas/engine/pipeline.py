@@ -1,6 +1,6 @@
 """One run of any method: load → (search →) adapt → train → evaluate → ``metrics.json``.
 
-Every method goes through the same data, training loop (:func:`nas.training.finetune`), evaluation and
+Every method goes through the same data, training loop (:func:`nas.engine.training.finetune`), evaluation and
 parameter counting; a method only decides what trains (``nas.methods``). ``run_pipeline(cfg, run_dir,
 logger)`` writes ``selection.json`` (and for DiffoRA ``dam.png``, ``dam_trajectory.json``) and, last,
 ``metrics.json``, whose presence marks a finished run.
@@ -15,19 +15,19 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from nas.backbone import Backbone, load_backbone
-from nas.budget import describe, resolve_target
-from nas.checkpoint import Checkpointer
-from nas.completions import class_labels, prepare_completion_data
-from nas.data import TaskData, prepare_data, prepare_planted_data
-from nas.discretizer import keep_count
+from nas.adapters.export import ADAPTER_DIR, MODEL_DIR, export_adapter, export_full_model, lora_factors
+from nas.engine.backbone import Backbone, load_backbone
+from nas.engine.budget import describe, resolve_target
+from nas.engine.checkpoint import Checkpointer
+from nas.engine.completions import class_labels, prepare_completion_data
+from nas.engine.data import TaskData, prepare_data, prepare_planted_data
+from nas.engine.logger import Logger
+from nas.engine.outputs import seed_everything, write_json
+from nas.engine.parallel import SINGLE, Parallel
+from nas.engine.training import count_parameters, evaluate, finetune, make_loader
 from nas.errors import ConfigError
-from nas.export import ADAPTER_DIR, MODEL_DIR, export_adapter, export_full_model, lora_factors
-from nas.logger import Logger
 from nas.methods import METHODS, MethodContext, Prepared
-from nas.outputs import seed_everything, write_json
-from nas.parallel import SINGLE, Parallel
-from nas.training import count_parameters, evaluate, finetune, make_loader
+from nas.search.discretizer import keep_count
 from objectives import get_task, majority_baseline
 from objectives.planted import PlantedSpec, recovery
 from search_spaces.space import build_search_space
@@ -73,8 +73,8 @@ def baseline(data: TaskData) -> dict[str, float]:
 
 
 def export_trained(prepared: Prepared, backbone: Backbone, run_dir: Path, base_model: str, dropout: float) -> None:
-    """The run's deployable artifact from the model in memory (nas/export.py): ``model/``, the whole model, for full
-    fine-tuning (no selected module); ``adapter/`` in PEFT's LoRA format for every adapter method."""
+    """The run's deployable artifact from the model in memory (nas/adapters/export.py): ``model/``, the whole
+    model, for full fine-tuning (no selected module); ``adapter/`` in PEFT's LoRA format for every adapter method."""
     if not prepared.selected:
         export_full_model(prepared.model, backbone.tokenizer, run_dir / MODEL_DIR)
     elif not lora_factors(prepared.model):
@@ -86,8 +86,8 @@ def export_trained(prepared: Prepared, backbone: Backbone, run_dir: Path, base_m
 def run_pipeline(cfg: DictConfig, run_dir: Path, logger: Logger, checkpoint: Checkpointer | None = None,
                  parallel: Parallel = SINGLE) -> dict[str, Any]:
     """The whole run of ``cfg.method.name``; returns the content of ``metrics.json``. ``checkpoint`` saves the
-    search's and the training's state, and restores them when resuming (nas/checkpoint.py); ``parallel`` is this
-    process's share of every global batch (nas/parallel.py). Only the main process writes files."""
+    search's and the training's state, and restores them when resuming (nas/engine/checkpoint.py); ``parallel`` is this
+    process's share of every global batch (nas/engine/parallel.py). Only the main process writes files."""
     parallel.check(int(cfg.bilevel.batch_size), "bilevel.batch_size")
     parallel.check(int(cfg.retrain.batch_size), "retrain.batch_size")
     total_start = time.perf_counter()

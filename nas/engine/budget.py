@@ -1,8 +1,8 @@
 """Matched budgets: solve each method's size knob (rank, ratio) so its adapter parameters meet one target.
 
 Costs count adapter parameters only (the task head is the same for every method) and come from the one price
-list, :func:`nas.cost.module_cost`: LoRA r·(in + out), SoRA and AdaLoRA r·(in + out + 1), PRoLoRA
-(r − u)(⌈in/m⌉ + ⌈out/n⌉) + u(in + out), per module, summed by :func:`nas.cost.space_cost`.
+list, :func:`nas.adapters.cost.module_cost`: LoRA r·(in + out), SoRA and AdaLoRA r·(in + out + 1), PRoLoRA
+(r − u)(⌈in/m⌉ + ⌈out/n⌉) + u(in + out), per module, summed by :func:`nas.adapters.cost.space_cost`.
 
 The default target is DiffoRA's: ρ · (``space.operator`` at ``space.rank`` on every candidate).
 """
@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from omegaconf import DictConfig
 
-from nas.cost import space_cost
+from nas.adapters.cost import space_cost
 from nas.errors import ConfigError
 from search_spaces.space import SearchSpace
 

@@ -1,4 +1,5 @@
-"""Outputs of nas.aggregate: summary.md (tables per task), runs.csv, summary.csv, paired.csv and summary.png."""
+"""Outputs of nas.reporting.aggregate: summary.md (tables per task), runs.csv, summary.csv, paired.csv and
+summary.png."""
 
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from nas.statistics import BOOTSTRAP_RESAMPLES, PairedComparison, PairedReport  # noqa: E402
+from nas.reporting.statistics import BOOTSTRAP_RESAMPLES, PairedComparison, PairedReport  # noqa: E402
 
 if TYPE_CHECKING:
-    from nas.aggregate import GroupSummary, RunRecord
+    from nas.reporting.aggregate import GroupSummary, RunRecord
 
 
 def format_pm(mean: float | None, std: float | None) -> str:

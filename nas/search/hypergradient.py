@@ -3,7 +3,7 @@
 Every method is a pure function with one signature, ``(problem, w_batch, alpha_batch) -> Hypergradient``,
 kept in :data:`HYPERGRADIENTS`; the search loop never knows which one it runs. A method that needs the
 weights at another point (the unrolled w′ = w + Δ(∇_w L_w), Δ the inner optimizer's virtual step, see
-:mod:`nas.virtual_step`) evaluates the loss there through :meth:`BilevelProblem.loss` with ``weights=...``,
+:mod:`nas.search.virtual_step`) evaluates the loss there through :meth:`BilevelProblem.loss` with ``weights=...``,
 which uses ``torch.func.functional_call`` — the model is never copied.
 """
 
@@ -17,10 +17,10 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from nas.completions import model_inputs
-from nas.parallel import SINGLE, Parallel
+from nas.engine.completions import model_inputs
+from nas.engine.parallel import SINGLE, Parallel
 from nas.registry import Registry
-from nas.virtual_step import VirtualStep, sgd_virtual_step
+from nas.search.virtual_step import VirtualStep, sgd_virtual_step
 
 Batch = Mapping[str, torch.Tensor]
 LossFn = Callable[[Any, Batch], torch.Tensor]  # (model outputs, batch) -> scalar loss
@@ -31,10 +31,10 @@ class BilevelProblem:
     """What a hypergradient method may use: the supernet, its loss, w (inner) and α (outer), and the inner step.
 
     ``virtual_step`` maps the gradients ∇_w L_w (aligned with ``inner``) to the update Δ of one inner step,
-    w′ = w + Δ: the w-optimizer's own step (:func:`~nas.virtual_step.optimizer_virtual_step`) or DARTS' explicit
-    w′ = w − ξ∇_w L_w (:func:`~nas.virtual_step.sgd_virtual_step`). When it is None, ``inner_lr`` is that ξ.
+    w′ = w + Δ: the w-optimizer's own step (:func:`~nas.search.virtual_step.optimizer_virtual_step`) or DARTS' explicit
+    w′ = w − ξ∇_w L_w (:func:`~nas.search.virtual_step.sgd_virtual_step`). When it is None, ``inner_lr`` is that ξ.
     Every gradient goes through :meth:`grads`, which splits a batch into this process's micro-batches and sums
-    their gradients over the processes (``parallel``, nas/parallel.py): the global batch's gradient.
+    their gradients over the processes (``parallel``, nas/engine/parallel.py): the global batch's gradient.
     """
 
     model: nn.Module
@@ -66,7 +66,7 @@ class BilevelProblem:
     def grads(self, batch: Batch, inputs: list[torch.Tensor],
               weights: Mapping[str, torch.Tensor] | None = None) -> tuple[list[torch.Tensor], float]:
         """(∂L/∂x for each x of ``inputs``, zeros where x does not reach L; L) for the mean loss of the global
-        ``batch``, over micro-batches and processes (:meth:`nas.parallel.Parallel.grads`)."""
+        ``batch``, over micro-batches and processes (:meth:`nas.engine.parallel.Parallel.grads`)."""
         return self.parallel.grads(lambda part: self.loss(part, weights), batch, inputs)
 
 
@@ -119,7 +119,7 @@ def second_order(problem: BilevelProblem, w_batch: Batch, alpha_batch: Batch) ->
     (∂g/∂α)ᵀ D v = ∇_α ⟨∇_w L_w(w, α), u⟩ = ∇²_{αw} L_w · u, the directional derivative of ∇_α L_w along u,
     which the central difference approximates (error O(ε²), perturbation ‖w± − w‖ = 0.01). With DARTS' step
     Δ = −ξg, D = −ξ and this is DARTS' g = ∇_α L_α(w′) − ξ[∇_α L_w(w + εv) − ∇_α L_w(w − εv)]/(2ε). For Adam(W)
-    D is the exact diagonal Jacobian of the step (Adam is elementwise; see :mod:`nas.virtual_step`), so the
+    D is the exact diagonal Jacobian of the step (Adam is elementwise; see :mod:`nas.search.virtual_step`), so the
     result is the unrolled gradient through the real inner update, up to the finite difference and the clip
     factor, which is held constant.
 

@@ -1,5 +1,5 @@
 """Reading a sweep folder: one :class:`RunRecord` per run folder, from its metrics.json, selection.json and
-.hydra/config.yaml, finished or not. Grouping, statistics and tables live in nas/aggregate.py."""
+.hydra/config.yaml, finished or not. Grouping, statistics and tables live in nas/reporting/aggregate.py."""
 
 from __future__ import annotations
 

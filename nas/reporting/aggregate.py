@@ -3,12 +3,13 @@
 A row of the summary is one (task, method, variant label); the label names the ``variant`` keys whose value
 differs among the runs of the same (task, method), and the seeds are the replicates. From a notebook::
 
-    from nas.aggregate import load_runs, paired_differences, summarize, to_markdown
+    from nas.reporting.aggregate import load_runs, paired_differences, summarize, to_markdown
     runs = load_runs("logs/multiruns/2025-01-01_12-00-00")
     print(to_markdown(summarize(runs), paired_differences(runs, reference="random")))
 
-Grouping and pairing live here; reading the run folders in nas/run_records.py; the formulas (paired tests,
-bootstrap CI, Jaccard chance) in nas/statistics.py; the tables and the figure in nas/aggregate_report.py.
+Grouping and pairing live here; reading the run folders in nas/reporting/run_records.py; the formulas (paired
+tests, bootstrap CI, Jaccard chance) in nas/reporting/statistics.py; the tables and the figure in
+nas/reporting/aggregate_report.py.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from nas.aggregate_report import plot_summary, to_markdown, write_tables
 from nas.errors import ConfigError
-from nas.run_records import (  # noqa: F401 (AggregateWarning, Recovery, RunRecord: public here too)
+from nas.reporting.aggregate_report import plot_summary, to_markdown, write_tables
+from nas.reporting.run_records import (  # noqa: F401 (AggregateWarning, Recovery, RunRecord: public here too)
     DEFAULT_VARIANT_KEYS,
     MISSING,
     AggregateWarning,
@@ -35,7 +36,7 @@ from nas.run_records import (  # noqa: F401 (AggregateWarning, Recovery, RunReco
     find_run_dirs,
     load_run,
 )
-from nas.statistics import (
+from nas.reporting.statistics import (
     PairedComparison,
     PairedReport,
     jaccard,
@@ -243,7 +244,7 @@ def _scores_by_seed(runs: Sequence[RunRecord], where: str) -> dict[Any, float]:
 def paired_differences(runs: Sequence[RunRecord], reference: str = DEFAULT_REFERENCE,
                        reference_label: str | None = None) -> PairedReport:
     """Per task, every (method, label) row against the ``reference`` method's row, seed by seed (runs sharing a
-    seed share data order and split): ``nas.statistics.paired_comparisons`` on the finished runs' scores."""
+    seed share data order and split): ``nas.reporting.statistics.paired_comparisons`` on the finished runs' scores."""
     rows = {key: _scores_by_seed([runs[i] for i in indices], " ".join(key).rstrip())
             for key, indices in _groups(runs).items()}
     return paired_comparisons({key: scores for key, scores in rows.items() if scores}, reference, reference_label)

@@ -26,8 +26,8 @@ import torch
 from torch import nn
 from transformers import get_linear_schedule_with_warmup
 
+from nas.adapters.operators import OPERATORS, AdaptedLinear
 from nas.errors import ConfigError
-from nas.operators import OPERATORS, AdaptedLinear
 
 
 @OPERATORS.register("sora")

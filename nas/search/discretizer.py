@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from nas.cost import pricer
+from nas.adapters.cost import pricer
 from nas.errors import ConfigError
 from nas.registry import Registry
 from search_spaces.space import SearchSpace
@@ -165,7 +165,7 @@ def param_budget(rank: int | None = None, target_params: float | None = None, rh
                  operator: str = "lora", operator_args: Mapping[str, Any] | None = None, **_: object) -> Discretizer:
     """Keep modules by relaxed weight until a trainable-parameter budget B is spent.
 
-    cost(m) = :func:`nas.cost.module_cost` of ``operator``'s rank-r branch on m (LoRA: r·(in_m + out_m));
+    cost(m) = :func:`nas.adapters.cost.module_cost` of ``operator``'s rank-r branch on m (LoRA: r·(in_m + out_m));
     B = target_params, or ⌊ρ·Σ_m cost(m)⌋ when target_params is None.
     Greedy (a knapsack approximation, not the optimum): walk the modules by descending γ (ties → earlier) and
     add each one whose cost still fits in what is left of B. The result never exceeds B; with equal costs c it

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from nas.cost import pricer
+from nas.adapters.cost import pricer
 from nas.errors import ConfigError
 from nas.registry import Registry
 from search_spaces.space import SearchSpace
@@ -33,7 +33,7 @@ class RegularizerContext:
     Attributes:
         mask: bool (layers, types), True on cells that hold a candidate.
         cell_params: float (layers, types), trainable parameters of each cell's branch
-            (:func:`nas.cost.module_cost`: r·(in + out) for LoRA); 0 on empty cells.
+            (:func:`nas.adapters.cost.module_cost`: r·(in + out) for LoRA); 0 on empty cells.
         logits: the raw DAM logits Γ, (layers, types) or (layers, types, k); needed by ``beta_decay`` only.
         target_fraction: ρ, the fraction of modules the discretizer will keep.
         target_params: parameter budget; None means "count modules, target ρ·N".

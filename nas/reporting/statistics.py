@@ -1,6 +1,6 @@
 """Pure statistics of a sweep: paired comparisons of seeds, a bootstrap CI, and the chance level of a Jaccard index.
 
-Nothing here reads files: nas.aggregate collects each row's scores by seed and its selections and calls these.
+Nothing here reads files: nas.reporting.aggregate collects each row's scores by seed and its selections and calls these.
 """
 
 from __future__ import annotations

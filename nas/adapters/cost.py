@@ -1,16 +1,16 @@
 """What an adapter costs: the trainable parameters of one operator's branch on one module.
 
-The single price list of the project: the matched budgets (:mod:`nas.budget`), the ``param_budget``
-discretizer and the regularizers' cost matrix (:mod:`nas.regularizers`) all call :func:`module_cost`.
+The single price list of the project: the matched budgets (:mod:`nas.engine.budget`), the ``param_budget``
+discretizer and the regularizers' cost matrix (:mod:`nas.search.regularizers`) all call :func:`module_cost`.
 For a linear map in → out at rank r (options from ``operator_args``, else the operator's defaults):
 
 * ``lora``:     r·(in + out)                              A ∈ ℝ^{r×in}, B ∈ ℝ^{out×r}
 * ``sora``:     r·(in + out) + r                          A, B and the gate g ∈ ℝ^r (r = r_max, before pruning)
 * ``prolora``:  (r − u)(⌈in/m⌉ + ⌈out/n⌉) + u(in + out)   shared chunks A₀, B₀; u unshared ranks;
-  m = sharing_in, n = sharing_out (see :mod:`nas.prolora`)
+  m = sharing_in, n = sharing_out (see :mod:`nas.adapters.prolora`)
 * ``adalora``:  r·(in + out + 1)                          peft's P Λ Q at rank r (a method, not a supernet operator)
 
-An operator registered in :data:`nas.operators.OPERATORS` without a formula here is priced by building its
+An operator registered in :data:`nas.adapters.operators.OPERATORS` without a formula here is priced by building its
 branch on the meta device (no memory) and counting its parameters; ``tests/test_cost.py`` checks every formula
 against the built branch.
 """
@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
+from nas.adapters.operators import OPERATORS, build_operator, operator_options
+from nas.adapters.prolora import prolora_param_count
 from nas.errors import ConfigError
-from nas.operators import OPERATORS, build_operator, operator_options
-from nas.prolora import prolora_param_count
 from search_spaces.candidate import Candidate
 
 CostFormula = Callable[[int, int, int, Mapping[str, Any]], int]  # (in, out, rank, options) -> parameters

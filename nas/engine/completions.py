@@ -19,8 +19,8 @@ from datasets import Dataset
 from torch import nn
 from tqdm.auto import tqdm
 
+from nas.engine.precision import autocast
 from nas.errors import ConfigError
-from nas.precision import autocast
 from objectives import GlueTask, compute_metrics, get_task, load_glue
 from objectives.lm import (
     IGNORE,

@@ -14,12 +14,12 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
-from nas.checkpoint import Checkpointer, load_tensors, rng_state, set_rng_state, tensors
-from nas.completions import CompletionCollator, evaluate_completions, model_inputs
+from nas.engine.checkpoint import Checkpointer, load_tensors, rng_state, set_rng_state, tensors
+from nas.engine.completions import CompletionCollator, evaluate_completions, model_inputs
+from nas.engine.logger import Logger
+from nas.engine.parallel import SINGLE, Parallel
+from nas.engine.precision import autocast
 from nas.errors import NonFiniteError
-from nas.logger import Logger
-from nas.parallel import SINGLE, Parallel
-from nas.precision import autocast
 from objectives import GlueTask, compute_metrics, predictions_from_logits, task_loss
 
 Batch = Mapping[str, torch.Tensor]
@@ -102,11 +102,11 @@ def finetune(model: nn.Module, params: list[nn.Parameter], loader: DataLoader, t
              checkpoint: Checkpointer | None = None, parallel: Parallel = SINGLE) -> float:
     """AdamW with linear warm-up and decay for ``steps`` steps on ``params``; returns the last loss.
 
-    Per step, on the global batch: for each of this process's micro-batches c (``parallel``, nas/parallel.py),
-    backward of (n_c/n)·task loss (forward under ``precision``, nas/precision.py), plus hooks.extra_loss once
+    Per step, on the global batch: for each of this process's micro-batches c (``parallel``, nas/engine/parallel.py),
+    backward of (n_c/n)·task loss (forward under ``precision``, nas/engine/precision.py), plus hooks.extra_loss once
     (rank 0's first micro-batch); the gradients are summed over the processes; clip ``params``; step;
     hooks.after_optimizer_step. With ``checkpoint``, the state after a due step is saved as the stage ``desc``
-    (nas/checkpoint.py), and a saved state of that stage is restored before the first step.
+    (nas/engine/checkpoint.py), and a saved state of that stage is restored before the first step.
     """
     hooks = hooks or TrainingHooks()
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
@@ -203,7 +203,7 @@ class TrainingHooks:
 def evaluate(model: nn.Module, loader: DataLoader, task: GlueTask, device: str,
              precision: str = "fp32") -> dict[str, float]:
     """The task's official GLUE metrics on every batch of ``loader`` (forward passes under ``precision``); a
-    causal-LM task's metrics come from :func:`~nas.completions.evaluate_completions`."""
+    causal-LM task's metrics come from :func:`~nas.engine.completions.evaluate_completions`."""
     if task.objective == "causal_lm":
         return evaluate_completions(model, loader, task, device, precision)
     was_training = model.training

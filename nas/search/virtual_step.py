@@ -7,7 +7,7 @@ given gradients, reading (never writing) its state, together with the diagonal o
 
     D = ∂Δ/∂g  (elementwise: every supported rule updates each coordinate from its own gradient only),
 
-which is what the finite-difference correction of :func:`nas.hypergradient.second_order` needs.
+which is what the finite-difference correction of :func:`nas.search.hypergradient.second_order` needs.
 
 Global-norm gradient clipping (as in the w-step) multiplies every g by s = min(1, c / (‖g‖₂ + 1e-6)), the
 factor of ``torch.nn.utils.clip_grad_norm_``; s is treated as a constant (it is not differentiated), so

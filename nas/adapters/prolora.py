@@ -18,8 +18,8 @@ import math
 import torch
 from torch import nn
 
+from nas.adapters.operators import OPERATORS
 from nas.errors import ConfigError
-from nas.operators import OPERATORS
 
 
 def _is_int(value: object) -> bool:

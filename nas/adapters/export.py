@@ -29,8 +29,8 @@ from peft.tuners.adalora import AdaLoraLayer
 from safetensors.torch import save_file
 from torch import nn
 
+from nas.adapters.operators import AdaptedLinear
 from nas.errors import ConfigError
-from nas.operators import AdaptedLinear
 
 PEFT_PREFIX = "base_model.model."
 ADAPTER_DIR, MODEL_DIR = "adapter", "model"
@@ -147,7 +147,7 @@ def export_run(run_dir: Path, out_dir: Path, merge: bool = False) -> Path:
     if not merge:
         shutil.copytree(run_dir / ADAPTER_DIR, out_dir, dirs_exist_ok=True)
         return out_dir
-    from nas.backbone import load_backbone
+    from nas.engine.backbone import load_backbone
 
     if "model" not in result or "num_labels" not in result:
         raise ConfigError(f"{run_dir}/metrics.json does not name its base model (a run from an older diffora); "

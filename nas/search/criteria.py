@@ -30,12 +30,12 @@ from typing import Literal
 
 import torch
 
-from nas.completions import model_inputs
-from nas.discretizer import finite_scores
+from nas.engine.completions import model_inputs
 from nas.errors import ConfigError
-from nas.hypergradient import Batch, LossFn
 from nas.registry import Registry
-from nas.supernet import SuperNet
+from nas.search.discretizer import finite_scores
+from nas.search.hypergradient import Batch, LossFn
+from nas.search.supernet import SuperNet
 from search_spaces.space import SearchSpace
 
 Stage = Literal["init", "final"]

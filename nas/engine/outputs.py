@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nas.plots import dam_matrix
+from nas.reporting.plots import dam_matrix
 from search_spaces.space import SearchSpace
 
 

@@ -1,4 +1,4 @@
-"""Adapter operators: the branch ΔW·x that a candidate module gets, and the wrapper that adds it.
+"""Adapter operators: the registry of branches ΔW·x that a candidate module can get, and the wrapper that adds one.
 
 An operator is an ``nn.Module`` mapping the module input x to ΔW·x. :class:`AdaptedLinear` wraps a
 frozen linear module from outside (the model's code is never edited) and computes
@@ -11,13 +11,11 @@ where γ is the module's relaxed DAM entry during search, a constant during retr
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Mapping
 from typing import Any, Protocol
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from nas.errors import ConfigError
 from nas.registry import Registry
@@ -32,39 +30,10 @@ class Operator(Protocol):
 
 
 # Every entry is an nn.Module class following the Operator protocol, built as
-# cls(in, out, rank=, alpha=, dropout=, **operator_args); operator_args are the operator's own options.
+# cls(in, out, rank=, alpha=, dropout=, **operator_args); operator_args are the operator's own options. Each operator
+# lives in its own file (lora.py, prolora.py, sora.py) and registers itself; importing the package nas.adapters
+# imports them all, so this module never imports them back.
 OPERATORS: Registry[type[nn.Module]] = Registry("adapter operator")
-
-
-@OPERATORS.register("lora")
-class LoRABranch(nn.Module):
-    """ΔW·x = (α/r) · B A dropout(x), with A ∈ ℝ^{r×in} Kaiming-uniform(√5) and B ∈ ℝ^{out×r} zero."""
-
-    def __init__(self, in_features: int, out_features: int, rank: int, alpha: float, dropout: float) -> None:
-        super().__init__()
-        self.rank = rank
-        self.scaling = alpha / rank
-        self.lora_A = nn.Parameter(torch.empty(rank, in_features))
-        self.lora_B = nn.Parameter(torch.empty(out_features, rank))
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-        nn.init.zeros_(self.lora_B)
-
-    @torch.no_grad()
-    def scale_output_(self, factor: float) -> None:
-        """Multiply ΔW by ``factor`` (folds a fixed gate into B)."""
-        self.lora_B.mul_(factor)
-
-    def lora_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(A, (α/r)·B): ΔW = B A with the scaling folded into B."""
-        return self.lora_A, self.lora_B * self.scaling
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # the scaling multiplies the rank-r intermediate, not the out-wide result: the same ΔW x, fewer flops
-        return F.linear(F.linear(self.dropout(x), self.lora_A) * self.scaling, self.lora_B)
 
 
 COMMON_ARGS = ("self", "in_features", "out_features", "rank", "alpha", "dropout")
@@ -134,7 +103,3 @@ def inject_adapters(model: nn.Module, names: list[str], operator: str, rank: int
         adapted[name] = wrapper
     return adapted
 
-
-# Operators defined in their own files register themselves on import (they import OPERATORS from here).
-from nas import prolora as _prolora  # noqa: E402, F401
-from nas import sora as _sora  # noqa: E402, F401

@@ -1,5 +1,5 @@
 """The DiffoRA search stage: alternate α-steps (α-split) and w-steps (w-split) on the supernet, then score
-every candidate with the selection criteria (nas/criteria.py)."""
+every candidate with the selection criteria (nas/search/criteria.py)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,17 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from nas.backbone import Backbone
-from nas.bilevel import ArchPenalty, BilevelSearch, StepStats
-from nas.checkpoint import Checkpointer, load_tensors, rng_state, set_rng_state, tensors
-from nas.completions import class_labels
-from nas.criteria import (
+from nas.engine.backbone import Backbone
+from nas.engine.checkpoint import Checkpointer, load_tensors, rng_state, set_rng_state, tensors
+from nas.engine.completions import class_labels
+from nas.engine.data import TaskData
+from nas.engine.logger import Logger
+from nas.engine.parallel import SINGLE, Parallel
+from nas.engine.precision import autocast
+from nas.engine.training import check_finite, forever, loss_for, make_loader, to_device
+from nas.errors import ConfigError, NonFiniteError
+from nas.search.bilevel import ArchPenalty, BilevelSearch, StepStats
+from nas.search.criteria import (
     CRITERIA,
     GateStatistics,
     ScoringInput,
@@ -23,26 +29,20 @@ from nas.criteria import (
     normalize_scores,
     score_stage,
 )
-from nas.dam_optimizer import SharedAdam
-from nas.data import TaskData
-from nas.diagnostics import summarize_dam
-from nas.errors import ConfigError, NonFiniteError
-from nas.hypergradient import HYPERGRADIENTS, BilevelProblem
-from nas.logger import Logger
-from nas.parallel import SINGLE, Parallel
-from nas.precision import autocast
-from nas.regularizers import RegularizerContext, build_regularizer_loss
-from nas.relaxation import Relaxation, build_relaxation
-from nas.supernet import SuperNet
-from nas.training import check_finite, forever, loss_for, make_loader, to_device
-from nas.virtual_step import VirtualStep, optimizer_virtual_step, sgd_virtual_step
+from nas.search.dam_optimizer import SharedAdam
+from nas.search.diagnostics import summarize_dam
+from nas.search.hypergradient import HYPERGRADIENTS, BilevelProblem
+from nas.search.regularizers import RegularizerContext, build_regularizer_loss
+from nas.search.relaxation import Relaxation, build_relaxation
+from nas.search.supernet import SuperNet
+from nas.search.virtual_step import VirtualStep, optimizer_virtual_step, sgd_virtual_step
 from objectives.splits import split_indices
 from search_spaces.space import SearchSpace
 
 
 def optimizer_from(cfg: DictConfig, params: list[torch.nn.Parameter], adam: type) -> torch.optim.Optimizer:
     """``adam`` (the class given: Adam for the DAM, AdamW for the weights), ``shared_adam`` (Adam with one second
-    moment per tensor, nas/dam_optimizer.py) or ``sgd`` with momentum betas[0]."""
+    moment per tensor, nas/search/dam_optimizer.py) or ``sgd`` with momentum betas[0]."""
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=float(cfg.betas[0]), weight_decay=cfg.weight_decay)
     if cfg.name == "shared_adam":
@@ -115,7 +115,7 @@ def search(cfg: DictConfig, backbone: Backbone, space: SearchSpace, data: TaskDa
     """Score the criteria that run at init, alternate α-steps (α-split) and w-steps (w-split) for
     ``bilevel.steps`` steps, then score the criteria that run on the trained supernet. With ``checkpoint``, the
     search's state is saved as stage ``search`` when due, and a saved one is restored after the init criteria.
-    ``parallel`` splits every global batch over the processes and micro-batches (nas/parallel.py)."""
+    ``parallel`` splits every global batch over the processes and micro-batches (nas/engine/parallel.py)."""
     b = cfg.bilevel
     relaxation = relaxation_from(cfg)
     generator = torch.Generator().manual_seed(cfg.seed)

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from nas.operators import AdaptedLinear, inject_adapters
-from nas.supernet import SuperNet
+from nas.adapters.operators import AdaptedLinear, inject_adapters
+from nas.search.supernet import SuperNet
 
 
 def adapt_selected(model: nn.Module, head_names: list[str], selected: list[str], operator: str, rank: int,
@@ -56,7 +56,7 @@ def adapt_selected(model: nn.Module, head_names: list[str], selected: list[str],
 
 
 def expected_gates(supernet: SuperNet) -> dict[str, float]:
-    """E[γ] of every candidate by module name: :meth:`~nas.relaxation.Relaxation.expected_gate` of the supernet's
+    """E[γ] of every candidate by module name: :meth:`~nas.search.relaxation.Relaxation.expected_gate` of the supernet's
     DAM at the relaxation's current (final) progress; the constants to fold at the end of the search."""
     matrix = supernet.relaxation.expected_gate(supernet.dam_logits)
     return {name: float(matrix[supernet.space.coordinate(name)]) for name in supernet.space.names}

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from nas.operators import AdaptedLinear, inject_adapters, replace_module
-from nas.relaxation import Relaxation
+from nas.adapters.operators import AdaptedLinear, inject_adapters, replace_module
+from nas.search.relaxation import Relaxation
 from search_spaces.space import SearchSpace
 
 

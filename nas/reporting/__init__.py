@@ -1,0 +1,1 @@
+"""Reporting, not NAS: aggregation of sweeps (tables, paired statistics) and plots."""
