@@ -16,7 +16,7 @@ from nas.engine.data import TaskData
 from nas.engine.logger import NullLogger
 from nas.engine.outputs import seed_everything
 from nas.search.discretizer import DiscretizeInput, build_discretizer
-from nas.search.loop import search
+from nas.search.loop import SearchSettings, search
 from objectives import get_task
 from search_spaces import build_search_space
 
@@ -47,7 +47,7 @@ def run_search(seed: int) -> tuple[dict[str, float], list[str]]:
     backbone = Backbone(model, TOKENIZER, ["classifier.weight", "classifier.bias"], "tiny")
     space = build_search_space(model, "bert")
     data = TaskData(get_task("sst2"), synthetic_data(), synthetic_data(16, seed=1))
-    outcome = search(cfg, backbone, space, data, NullLogger())
+    outcome = search(SearchSettings.from_config(cfg), backbone, space, data, NullLogger())
     selected = build_discretizer(cfg.discretizer)(DiscretizeInput(outcome.scores, space))
     return outcome.scores, selected
 

@@ -72,12 +72,22 @@ def tiny_space_and_scores() -> tuple[SearchSpace, dict[str, float]]:
     return space, {name: (7 * i % 12) / 12 for i, name in enumerate(space.names)}
 
 
-def test_every_discretizer_accepts_the_common_parameters() -> None:
+def test_a_discretizer_takes_from_the_run_only_what_it_declares() -> None:
+    """The run offers every discretizer the same context; each takes what its signature names (param_budget: the
+    rank, operator and budget; the top-k ones: nothing), and an option its config should not hold is refused."""
     space, scores = tiny_space_and_scores()
-    common = {"rho": 0.5, "rank": 4, "target_params": None, "operator": "lora", "operator_args": {}, "unused": 1}
-    for name in ("global_topk", "threshold", "param_budget"):
-        kept = run({"name": name, **common}, scores, space)
+    context = {"rank": 4, "operator": "lora", "operator_args": {}, "target_params": None}
+    for name in ("global_topk", "per_layer_topk", "threshold", "param_budget"):
+        kept = build_discretizer({"name": name, "rho": 0.5}, context)(DiscretizeInput(scores, space))
         assert kept and kept == [n for n in space.names if n in kept]
+    per_rank = 4 * sum(c.in_features + c.out_features for c in space)
+    budget = build_discretizer({"name": "param_budget", "rho": 0.5}, {**context, "target_params": per_rank // 4})
+    chosen = budget(DiscretizeInput(scores, space))
+    assert sum(4 * (c.in_features + c.out_features) for c in space if c.name in chosen) <= per_rank // 4
+    with pytest.raises(ConfigError, match="discretizer=global_topk does not take rank; it takes rho"):
+        build_discretizer({"name": "global_topk", "rho": 0.5, "rank": 4})
+    with pytest.raises(ConfigError, match="param_budget needs the adapter rank"):
+        build_discretizer({"name": "param_budget", "rho": 0.5})  # the run did not offer it
 
 
 # --- exact budgets ------------------------------------------------------------------------------------------------
@@ -161,10 +171,10 @@ def test_a_non_finite_score_says_the_search_diverged(name: str, bad: float) -> N
     space, scores = tiny_space_and_scores()
     victim = space.names[5]
     scores[victim] = bad
-    config = {"name": name, "rho": 0.5, "rank": 4, "threshold": 0.5}
+    config = {"name": name, "rho": 0.5, **({"threshold": 0.5} if name == "threshold" else {})}
     match = rf"non-finite score for 1 of 12.*{victim}.*diverged.*alpha_optimizer"
     with pytest.raises(ValueError, match=match):
-        run(config, scores, space)
+        build_discretizer(config, {"rank": 4})(DiscretizeInput(scores, space))
 
 
 def test_missing_scores_are_named() -> None:

@@ -20,7 +20,7 @@ from nas.engine.logger import NullLogger
 from nas.engine.parallel import Parallel, first_host, slurm_environment
 from nas.engine.training import finetune, make_loader
 from nas.errors import ConfigError
-from nas.search.loop import search
+from nas.search.loop import SearchSettings, search
 from objectives import get_task
 from search_spaces import build_search_space
 
@@ -128,7 +128,8 @@ def test_search_with_accumulation_selects_what_whole_batches_select(hypergradien
         backbone = tiny_backbone()
         space = build_search_space(backbone.model, "bert")
         data = TaskData(get_task("sst2"), synthetic_data(), synthetic_data(16, seed=1))
-        outcomes.append(search(cfg, backbone, space, data, NullLogger(), parallel=Parallel(grad_accum=accum)).scores)
+        outcomes.append(search(SearchSettings.from_config(cfg), backbone, space, data, NullLogger(),
+                               parallel=Parallel(grad_accum=accum)).scores)
     assert max(abs(outcomes[0][k] - outcomes[1][k]) for k in outcomes[0]) < 1e-5
     assert len(set(outcomes[0].values())) > 1
 

@@ -78,3 +78,17 @@ def test_bf16_loss_is_close_to_fp32() -> None:
     assert half.dtype == torch.bfloat16
     assert torch.allclose(half.float(), full, atol=0.05, rtol=0.05) and not torch.equal(half.float(), full)
 
+
+
+def test_the_schedule_matches_transformers_linear_warmup_and_decay() -> None:
+    from transformers import get_linear_schedule_with_warmup
+
+    from nas.engine.schedule import linear_warmup_decay
+
+    for warmup, total in ((0, 10), (3, 10), (10, 10), (4, 1)):
+        ours = linear_warmup_decay(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), warmup, total)
+        theirs = get_linear_schedule_with_warmup(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0),
+                                                 warmup, total)
+        for _ in range(total + 3):
+            assert ours.get_last_lr() == pytest.approx(theirs.get_last_lr(), abs=1e-12)
+            ours.optimizer.step(), ours.step(), theirs.optimizer.step(), theirs.step()

@@ -14,7 +14,7 @@ from nas.engine.data import TaskData
 from nas.engine.logger import NullLogger
 from nas.engine.outputs import seed_everything
 from nas.search.diagnostics import collapse, mean_binary_entropy
-from nas.search.loop import search
+from nas.search.loop import SearchSettings, search
 from objectives import get_task
 from search_spaces import build_search_space
 
@@ -27,7 +27,7 @@ def run_search(overrides: list[str], seed: int = 0):
     backbone = Backbone(model, TOKENIZER, ["classifier.weight", "classifier.bias"], "tiny")
     space = build_search_space(model, "bert")
     data = TaskData(get_task("sst2"), synthetic_data(), synthetic_data(16, seed=1))
-    return cfg, space, search(cfg, backbone, space, data, NullLogger())
+    return cfg, space, search(SearchSettings.from_config(cfg), backbone, space, data, NullLogger())
 
 
 @pytest.mark.parametrize("overrides", [

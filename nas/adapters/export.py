@@ -24,8 +24,6 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel
-from peft.tuners.adalora import AdaLoraLayer
 from safetensors.torch import save_file
 from torch import nn
 
@@ -43,6 +41,8 @@ def head_module_names(head_parameter_names: list[str]) -> list[str]:
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The transformers model inside a PEFT model (``model`` itself otherwise)."""
+    from peft import PeftModel  # peft is imported only where it is used: it takes seconds to import
+
     return model.base_model.model if isinstance(model, PeftModel) else model
 
 
@@ -50,6 +50,8 @@ def unwrap(model: nn.Module) -> nn.Module:
 def lora_factors(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Module name → (A, B) with ΔW = B A exactly (every scale and gate folded into B); modules whose rank is 0 are
     left out. Branches give their own factors (``branch.lora_factors()``); peft's AdaLoRA layers are read here."""
+    from peft.tuners.adalora import AdaLoraLayer
+
     factors = {}
     for name, module in unwrap(model).named_modules():
         if isinstance(module, AdaptedLinear):
@@ -92,6 +94,8 @@ def export_adapter(model: nn.Module, head_parameter_names: list[str], folder: Pa
                           "so there is no LoRA to export; lower method.sparse_lambda or method.xi")
     ranks = {name: a.shape[0] for name, (a, _) in factors.items()}
     r, pattern = rank_config(ranks)
+    from peft import LoraConfig
+
     inner = unwrap(model)
     conv1d = any(type(getattr(inner.get_submodule(n), "base_layer", None)).__name__ == "Conv1D" for n in factors)
     config = LoraConfig(r=r, lora_alpha=r, lora_dropout=dropout, target_modules=sorted(factors),
@@ -147,6 +151,8 @@ def export_run(run_dir: Path, out_dir: Path, merge: bool = False) -> Path:
     if not merge:
         shutil.copytree(run_dir / ADAPTER_DIR, out_dir, dirs_exist_ok=True)
         return out_dir
+    from peft import PeftModel
+
     from nas.engine.backbone import load_backbone
 
     if "model" not in result or "num_labels" not in result:

@@ -24,9 +24,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import get_linear_schedule_with_warmup
 
 from nas.adapters.operators import OPERATORS, AdaptedLinear
+from nas.engine.schedule import linear_warmup_decay
 from nas.errors import ConfigError
 
 
@@ -170,8 +170,7 @@ class ProximalGateOptimizer:
         self.xi = xi
         self.xi_times_lr = xi_times_lr
         self.optimizer = torch.optim.AdamW(self.gates, lr=lr, weight_decay=0.0)
-        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, int(round(warmup_ratio * total_steps)),
-                                                         max(total_steps, 1))
+        self.scheduler = linear_warmup_decay(self.optimizer, int(round(warmup_ratio * total_steps)), total_steps)
         self.last_threshold = 0.0
 
     @property

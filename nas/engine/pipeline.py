@@ -27,7 +27,7 @@ from nas.engine.parallel import SINGLE, Parallel
 from nas.engine.training import count_parameters, evaluate, finetune, make_loader
 from nas.errors import ConfigError
 from nas.methods import METHODS, MethodContext, Prepared
-from nas.search.discretizer import keep_count
+from nas.search.discretizer import KEEPS_FRACTION, keep_count
 from objectives import get_task, majority_baseline
 from objectives.planted import PlantedSpec, recovery
 from search_spaces.space import build_search_space
@@ -116,7 +116,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, logger: Logger, checkpoint: Che
                             cfg.paths.cache_dir, cfg.seed, cfg.task.max_train_samples, cfg.task.max_eval_samples)
     task = data.task
     method = METHODS.get(cfg.method.name)()
-    if truth is not None and method.discretizes and cfg.discretizer.name in ("global_topk", "per_layer_topk"):
+    if truth is not None and method.discretizes and cfg.discretizer.name in KEEPS_FRACTION:
         check_planted_fits(float(cfg.discretizer.rho), len(space), len(truth.modules))
     ctx = MethodContext(cfg=cfg, data=data, space=space, run_dir=run_dir, logger=logger,
                         budget_target=resolve_target(cfg, space) if method.has_budget else None,

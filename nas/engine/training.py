@@ -12,13 +12,14 @@ from datasets import Dataset
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
-from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
+from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from nas.engine.checkpoint import Checkpointer, load_tensors, rng_state, set_rng_state, tensors
 from nas.engine.completions import CompletionCollator, evaluate_completions, model_inputs
 from nas.engine.logger import Logger
 from nas.engine.parallel import SINGLE, Parallel
 from nas.engine.precision import autocast
+from nas.engine.schedule import linear_warmup_decay
 from nas.errors import NonFiniteError
 from objectives import GlueTask, compute_metrics, predictions_from_logits, task_loss
 
@@ -92,7 +93,7 @@ def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
 
 
 def linear_warmup_schedule(optimizer: torch.optim.Optimizer, steps: int, warmup_ratio: float):
-    return get_linear_schedule_with_warmup(optimizer, int(round(warmup_ratio * steps)), max(steps, 1))
+    return linear_warmup_decay(optimizer, int(round(warmup_ratio * steps)), max(steps, 1))
 
 
 def finetune(model: nn.Module, params: list[nn.Parameter], loader: DataLoader, task: GlueTask, steps: int,

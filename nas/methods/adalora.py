@@ -14,8 +14,6 @@ import math
 from typing import Any
 
 import torch
-from peft import AdaLoraConfig, get_peft_model
-from peft.tuners.adalora import AdaLoraLayer
 from torch import nn
 
 from nas.adapters.cost import space_cost
@@ -37,12 +35,14 @@ from nas.methods.base import (
 ADAPTER = "default"
 
 
-def adalora_layers(model: nn.Module) -> dict[str, AdaLoraLayer]:
+def adalora_layers(model: nn.Module) -> dict[str, Any]:
     """peft's AdaLoRA layers by module name, found by type."""
+    from peft.tuners.adalora import AdaLoraLayer  # peft is imported where it is used: it takes seconds
+
     return {name: module for name, module in model.named_modules() if isinstance(module, AdaLoraLayer)}
 
 
-def orthogonal_penalty(layers: dict[str, AdaLoraLayer]) -> torch.Tensor:
+def orthogonal_penalty(layers: dict[str, Any]) -> torch.Tensor:
     """mean over matrices of ‖QQᵀ − I‖_F (Q = lora_A, r×in) and ‖PᵀP − I‖_F (P = lora_B, out×r)."""
     terms = []
     for layer in layers.values():
@@ -53,7 +53,7 @@ def orthogonal_penalty(layers: dict[str, AdaLoraLayer]) -> torch.Tensor:
     return torch.stack(terms).mean()
 
 
-def final_ranks(layers: dict[str, AdaLoraLayer]) -> dict[str, int]:
+def final_ranks(layers: dict[str, Any]) -> dict[str, int]:
     """Ranks left per module: the number of non-zero singular values Λ after masking."""
     return {name: int(torch.count_nonzero(layer.lora_E[ADAPTER])) for name, layer in layers.items()}
 
@@ -122,6 +122,8 @@ class AdaLoRA(Method):
         write_selection(ctx.run_dir, ctx.space, selected, None, seed=ctx.cfg.seed, task=ctx.task.name)
         head = head_parameters(backbone)
         freeze(backbone.model)
+        from peft import AdaLoraConfig, get_peft_model
+
         config = AdaLoraConfig(init_r=init_r, target_r=target_r, tinit=tinit, tfinal=tfinal, deltaT=int(m.deltaT),
                                beta1=float(m.beta1), beta2=float(m.beta2), orth_reg_weight=float(m.orth_reg_weight),
                                total_step=steps, target_modules=selected, lora_alpha=float(ctx.cfg.space.alpha),

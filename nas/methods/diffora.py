@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from nas.adapters.retrain import expected_gates
@@ -14,18 +15,14 @@ from nas.methods.base import METHODS, Method, MethodContext, Prepared
 from nas.reporting.plots import plot_dam, plot_trajectory
 from nas.search.diagnostics import summarize_dam
 from nas.search.discretizer import DiscretizeInput, build_discretizer
-from nas.search.loop import search
+from nas.search.loop import SearchSettings, search
 
 
-def discretizer_options(ctx: MethodContext) -> dict[str, Any]:
-    """The discretizer's config plus what budget-aware discretizers need (rank, the budget target)."""
-    options = {key: value for key, value in ctx.cfg.discretizer.items() if value is not None}
-    options.setdefault("rank", int(ctx.cfg.space.rank))
-    options.setdefault("operator", str(ctx.cfg.space.operator))
-    options.setdefault("operator_args", dict(ctx.cfg.space.operator_args))
-    if options.get("target_params") is None and ctx.budget_target is not None:
-        options["target_params"] = ctx.budget_target
-    return options
+def discretizer_context(ctx: MethodContext) -> dict[str, Any]:
+    """What the run knows that a discretizer may declare it needs: the branches' rank, operator and options (to
+    price modules) and the budget target."""
+    return {"rank": int(ctx.cfg.space.rank), "operator": str(ctx.cfg.space.operator),
+            "operator_args": dict(ctx.cfg.space.operator_args), "target_params": ctx.budget_target}
 
 
 @METHODS.register("diffora")
@@ -36,10 +33,10 @@ class DiffoRA(Method):
 
     def prepare(self, ctx: MethodContext, backbone: Backbone) -> Prepared:
         cfg = ctx.cfg
-        outcome = search(cfg, backbone, ctx.space, ctx.data, ctx.logger, ctx.budget_target, ctx.checkpoint,
-                         ctx.parallel)
+        outcome = search(SearchSettings.from_config(cfg), backbone, ctx.space, ctx.data, ctx.logger,
+                         ctx.budget_target, ctx.checkpoint, ctx.parallel)
         criterion = cfg.criterion.name
-        discretize = build_discretizer(discretizer_options(ctx))
+        discretize = build_discretizer(OmegaConf.to_container(cfg.discretizer, resolve=True), discretizer_context(ctx))
         selected = discretize(DiscretizeInput(outcome.criteria[criterion], ctx.space))
         write_selection(ctx.run_dir, ctx.space, selected, outcome.scores, rho=cfg.discretizer.rho,
                         discretizer=cfg.discretizer.name, relaxation=cfg.relaxation.name,

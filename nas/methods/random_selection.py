@@ -6,11 +6,13 @@ Scores are i.i.d. U(0, 1) from a generator seeded with the run's seed, so ``disc
 
 from __future__ import annotations
 
+from omegaconf import OmegaConf
+
 from nas.engine.backbone import Backbone
 from nas.engine.outputs import write_selection
 from nas.methods.adapters import adapted_model
 from nas.methods.base import METHODS, Method, MethodContext, Prepared
-from nas.methods.diffora import discretizer_options
+from nas.methods.diffora import discretizer_context
 from nas.search.criteria import random_scores
 from nas.search.discretizer import DiscretizeInput, build_discretizer
 
@@ -23,7 +25,8 @@ class RandomSelection(Method):
     def prepare(self, ctx: MethodContext, backbone: Backbone) -> Prepared:
         cfg = ctx.cfg
         scores = random_scores(ctx.space, int(cfg.seed))
-        selected = build_discretizer(discretizer_options(ctx))(DiscretizeInput(scores, ctx.space))
+        discretize = build_discretizer(OmegaConf.to_container(cfg.discretizer, resolve=True), discretizer_context(ctx))
+        selected = discretize(DiscretizeInput(scores, ctx.space))
         write_selection(ctx.run_dir, ctx.space, selected, scores, rho=cfg.discretizer.rho,
                         discretizer=cfg.discretizer.name, seed=cfg.seed, task=ctx.task.name, criterion="random",
                         criteria={"random": scores})

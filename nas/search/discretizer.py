@@ -12,6 +12,7 @@ search diverged) is a ValueError naming the modules, never sorted.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -98,7 +99,7 @@ def _positive_int(value: object, key: str, example: int = 1) -> int:
 
 # --- discretizers ----------------------------------------------------------------------------------------------
 @DISCRETIZERS.register("global_topk")
-def global_topk(rho: float = 0.5, **_: object) -> Discretizer:
+def global_topk(rho: float = 0.5) -> Discretizer:
     """Keep the global top-⌈ρ·N⌉ modules by relaxed weight."""
     rho = _check_rho(rho)
 
@@ -110,7 +111,7 @@ def global_topk(rho: float = 0.5, **_: object) -> Discretizer:
 
 
 @DISCRETIZERS.register("per_layer_topk")
-def per_layer_topk(rho: float | None = None, k: int | None = None, **_: object) -> Discretizer:
+def per_layer_topk(rho: float | None = None, k: int | None = None) -> Discretizer:
     """Keep the top-k_l modules of every layer l by relaxed weight.
 
     k_l = ⌈ρ·n_l⌉ (n_l candidates in layer l, at least 1), or k_l = min(k, n_l) when ``k`` is given (``k``
@@ -139,10 +140,11 @@ def per_layer_topk(rho: float | None = None, k: int | None = None, **_: object) 
 
 
 @DISCRETIZERS.register("threshold")
-def threshold(threshold: float = 0.5, min_keep: int = 1, **_: object) -> Discretizer:
+def threshold(threshold: float = 0.5, min_keep: int = 1, rho: float | None = None) -> Discretizer:
     """Keep every module with γ > threshold; when fewer than ``min_keep`` pass, keep the top-``min_keep``.
 
-    ``min_keep`` is capped at the number of candidates, so the selection is never empty.
+    ``min_keep`` is capped at the number of candidates, so the selection is never empty. ``rho``, which every
+    discretizer config carries, plays no part: the threshold decides how many are kept.
     """
     cut = _number(threshold, "threshold")
     if not 0.0 <= cut <= 1.0:
@@ -162,7 +164,7 @@ def threshold(threshold: float = 0.5, min_keep: int = 1, **_: object) -> Discret
 
 @DISCRETIZERS.register("param_budget")
 def param_budget(rank: int | None = None, target_params: float | None = None, rho: float = 0.5,
-                 operator: str = "lora", operator_args: Mapping[str, Any] | None = None, **_: object) -> Discretizer:
+                 operator: str = "lora", operator_args: Mapping[str, Any] | None = None) -> Discretizer:
     """Keep modules by relaxed weight until a trainable-parameter budget B is spent.
 
     cost(m) = :func:`nas.adapters.cost.module_cost` of ``operator``'s rank-r branch on m (LoRA: r·(in_m + out_m));
@@ -205,7 +207,22 @@ def param_budget(rank: int | None = None, target_params: float | None = None, rh
     return discretize
 
 
-def build_discretizer(config: Mapping[str, object]) -> Discretizer:
-    """The discretizer named ``config["name"]``, given the rest of ``config`` as its parameters."""
+# Discretizers whose options fix the kept count as a fraction ρ of the candidates (a planted task checks ρ against |S|)
+KEEPS_FRACTION = frozenset({"global_topk", "per_layer_topk"})
+
+
+def build_discretizer(config: Mapping[str, object], context: Mapping[str, object] | None = None) -> Discretizer:
+    """The discretizer named ``config["name"]``, built from its own options in ``config`` and, from ``context``
+    (what the run knows: ``rank``, ``operator``, ``operator_args``, ``target_params``), only what its signature
+    declares; a value set in ``config`` wins. An option the discretizer does not take is a ConfigError."""
+    name = str(config["name"])
+    factory = DISCRETIZERS.get(name)
+    declared = inspect.signature(factory).parameters
     params = {key: value for key, value in config.items() if key != "name"}
-    return DISCRETIZERS.get(str(config["name"]))(**params)
+    unknown = sorted(set(params) - set(declared))
+    if unknown:
+        raise ConfigError(f"discretizer={name} does not take {', '.join(unknown)}; it takes {', '.join(declared)}")
+    for key, value in (context or {}).items():
+        if key in declared and params.get(key) is None and value is not None:
+            params[key] = value
+    return factory(**params)

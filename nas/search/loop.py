@@ -8,9 +8,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from nas.config import BilevelConfig, CriterionConfig, OptimizerConfig, SpaceConfig
 from nas.engine.backbone import Backbone
 from nas.engine.checkpoint import Checkpointer, load_tensors, rng_state, set_rng_state, tensors
 from nas.engine.completions import class_labels
@@ -40,7 +41,34 @@ from objectives.splits import split_indices
 from search_spaces.space import SearchSpace
 
 
-def optimizer_from(cfg: DictConfig, params: list[torch.nn.Parameter], adam: type) -> torch.optim.Optimizer:
+@dataclass(frozen=True)
+class SearchSettings:
+    """What the search reads from a run's config, typed by the schema (nas/config.py); nothing else reaches it.
+
+    ``relaxation`` is the relaxation node as a dict (name, init_mean, init_std and the relaxation's own options);
+    ``target_fraction`` is the ρ the discretizer will keep, the ``expected_budget`` regularizer's target."""
+
+    bilevel: BilevelConfig
+    relaxation: dict[str, Any]
+    space: SpaceConfig
+    criterion: CriterionConfig
+    seed: int = 0
+    device: str = "cpu"
+    precision: str = "fp32"
+    group_by_length: bool = False
+    target_fraction: float = 0.5
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> SearchSettings:
+        """The typed parts of a composed run config."""
+        return cls(bilevel=OmegaConf.to_object(cfg.bilevel), relaxation=OmegaConf.to_container(cfg.relaxation,
+                                                                                               resolve=True),
+                   space=OmegaConf.to_object(cfg.space), criterion=OmegaConf.to_object(cfg.criterion),
+                   seed=int(cfg.seed), device=str(cfg.device), precision=str(cfg.precision),
+                   group_by_length=bool(cfg.group_by_length), target_fraction=float(cfg.discretizer.rho))
+
+
+def optimizer_from(cfg: OptimizerConfig, params: list[torch.nn.Parameter], adam: type) -> torch.optim.Optimizer:
     """``adam`` (the class given: Adam for the DAM, AdamW for the weights), ``shared_adam`` (Adam with one second
     moment per tensor, nas/search/dam_optimizer.py) or ``sgd`` with momentum betas[0]."""
     if cfg.name == "sgd":
@@ -82,25 +110,26 @@ def virtual_step_from(b: DictConfig, w_optimizer: torch.optim.Optimizer,
     return sgd_virtual_step(b.unrolled_lr if b.unrolled_lr is not None else b.w_optimizer.lr)
 
 
-def relaxation_from(cfg: DictConfig) -> Relaxation:
+def relaxation_from(settings: SearchSettings) -> Relaxation:
     """The configured relaxation; its own options (τ, β, …) come from the rest of the ``relaxation`` node and
     its samples from a generator seeded by the run's seed."""
-    options = {k: v for k, v in cfg.relaxation.items() if k not in ("name", "init_mean", "init_std")}
-    sampler = torch.Generator().manual_seed(int(cfg.seed) + 7919)
-    return build_relaxation(cfg.relaxation.name, cfg.relaxation.init_mean, cfg.relaxation.init_std,
-                            generator=sampler, **options)
+    node = settings.relaxation
+    options = {k: v for k, v in node.items() if k not in ("name", "init_mean", "init_std")}
+    sampler = torch.Generator().manual_seed(settings.seed + 7919)
+    return build_relaxation(node["name"], node["init_mean"], node["init_std"], generator=sampler, **options)
 
 
-def dam_penalty(cfg: DictConfig, supernet: SuperNet, space: SearchSpace,
+def dam_penalty(settings: SearchSettings, supernet: SuperNet, space: SearchSpace,
                 budget_target: int | None) -> ArchPenalty | None:
     """Σ λ_i R_i on the DAM's keep probabilities (``bilevel.regularizers``), or None when no weight is set."""
-    weights = {name: float(w) for name, w in cfg.bilevel.regularizers.items() if w}
+    weights = {name: float(w) for name, w in settings.bilevel.regularizers.items() if w}
     if not weights:
         return None
     loss = build_regularizer_loss(weights)
-    base = RegularizerContext.from_space(space, int(cfg.space.rank), supernet.dam_logits,
-                                         operator=str(cfg.space.operator), operator_args=cfg.space.operator_args,
-                                         target_fraction=float(cfg.discretizer.rho), target_params=budget_target)
+    base = RegularizerContext.from_space(space, int(settings.space.rank), supernet.dam_logits,
+                                         operator=str(settings.space.operator),
+                                         operator_args=settings.space.operator_args,
+                                         target_fraction=settings.target_fraction, target_params=budget_target)
 
     def penalty() -> tuple[torch.Tensor, dict[str, float]]:
         keep = supernet.relaxation.expected_keep(supernet.dam_logits)
@@ -109,26 +138,26 @@ def dam_penalty(cfg: DictConfig, supernet: SuperNet, space: SearchSpace,
     return penalty
 
 
-def search(cfg: DictConfig, backbone: Backbone, space: SearchSpace, data: TaskData, logger: Logger,
+def search(settings: SearchSettings, backbone: Backbone, space: SearchSpace, data: TaskData, logger: Logger,
            budget_target: int | None = None, checkpoint: Checkpointer | None = None,
            parallel: Parallel = SINGLE) -> SearchOutcome:
     """Score the criteria that run at init, alternate α-steps (α-split) and w-steps (w-split) for
     ``bilevel.steps`` steps, then score the criteria that run on the trained supernet. With ``checkpoint``, the
     search's state is saved as stage ``search`` when due, and a saved one is restored after the init criteria.
     ``parallel`` splits every global batch over the processes and micro-batches (nas/engine/parallel.py)."""
-    b = cfg.bilevel
-    relaxation = relaxation_from(cfg)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    supernet = SuperNet(backbone.model, space, relaxation, backbone.head_names, operator=cfg.space.operator,
-                        rank=cfg.space.rank, alpha=cfg.space.alpha, dropout=cfg.space.dropout,
-                        operator_args=cfg.space.operator_args, generator=generator).to(cfg.device)
+    b = settings.bilevel
+    relaxation = relaxation_from(settings)
+    generator = torch.Generator().manual_seed(settings.seed)
+    supernet = SuperNet(backbone.model, space, relaxation, backbone.head_names, operator=settings.space.operator,
+                        rank=settings.space.rank, alpha=settings.space.alpha, dropout=settings.space.dropout,
+                        operator_args=settings.space.operator_args, generator=generator).to(settings.device)
     classes = class_labels(data.task, data.train)
     w_idx, a_idx = split_indices(classes if classes is not None else list(range(len(data.train))), b.w_fraction,
-                                 cfg.seed, classes is not None)
-    w_loader = make_loader(data.train.select(w_idx), backbone.tokenizer, b.batch_size, True, cfg.seed,
-                           cfg.group_by_length)
-    a_loader = make_loader(data.train.select(a_idx), backbone.tokenizer, b.batch_size, True, cfg.seed + 1,
-                           cfg.group_by_length)
+                                 settings.seed, classes is not None)
+    w_loader = make_loader(data.train.select(w_idx), backbone.tokenizer, b.batch_size, True, settings.seed,
+                           settings.group_by_length)
+    a_loader = make_loader(data.train.select(a_idx), backbone.tokenizer, b.batch_size, True, settings.seed + 1,
+                           settings.group_by_length)
     inner = supernet.named_weight_parameters()
     w_optimizer = optimizer_from(b.w_optimizer, list(inner.values()), torch.optim.AdamW)
     alpha_optimizer = optimizer_from(b.alpha_optimizer, supernet.arch_parameters(), torch.optim.Adam)
@@ -137,14 +166,14 @@ def search(cfg: DictConfig, backbone: Backbone, space: SearchSpace, data: TaskDa
                              virtual_step=virtual_step_from(b, w_optimizer, list(inner.values())), parallel=parallel)
     bilevel = BilevelSearch(problem, HYPERGRADIENTS.get(b.hypergradient), w_optimizer, alpha_optimizer,
                             grad_clip=b.grad_clip, warmup_steps=b.warmup_steps,
-                            arch_penalty=dam_penalty(cfg, supernet, space, budget_target))
-    names = criteria_to_score(cfg.criterion.name, cfg.criterion.record)
-    fixed_loader = make_loader(data.train.select(a_idx), backbone.tokenizer, b.batch_size, True, cfg.seed + 2)
-    fixed = [to_device(batch, cfg.device) for batch, _ in zip(fixed_loader, range(cfg.criterion.batches),
+                            arch_penalty=dam_penalty(settings, supernet, space, budget_target))
+    names = criteria_to_score(settings.criterion.name, settings.criterion.record)
+    fixed_loader = make_loader(data.train.select(a_idx), backbone.tokenizer, b.batch_size, True, settings.seed + 2)
+    fixed = [to_device(batch, settings.device) for batch, _ in zip(fixed_loader, range(settings.criterion.batches),
                                                               strict=False)]
     gates = GateStatistics(supernet)
-    scoring = ScoringInput(supernet, problem.loss_fn, fixed, int(cfg.seed), gates)
-    with autocast(cfg.device, cfg.precision):
+    scoring = ScoringInput(supernet, problem.loss_fn, fixed, int(settings.seed), gates)
+    with autocast(settings.device, settings.precision):
         criteria = score_stage("init", names, scoring)
     supernet.train()
     w_batches, a_batches = forever(w_loader), forever(a_loader)
@@ -181,8 +210,9 @@ def search(cfg: DictConfig, backbone: Backbone, space: SearchSpace, data: TaskDa
     progress = tqdm(range(first, b.steps), desc="search", dynamic_ncols=True, initial=first, total=b.steps)
     for step in progress:
         relaxation.set_progress(step / max(b.steps - 1, 1))
-        with autocast(cfg.device, cfg.precision):
-            stats = bilevel.step(to_device(next(w_batches), cfg.device), to_device(next(a_batches), cfg.device))
+        with autocast(settings.device, settings.precision):
+            stats = bilevel.step(to_device(next(w_batches), settings.device),
+                                 to_device(next(a_batches), settings.device))
         check_step(step, stats, supernet.dam_logits.detach())
         if stats.alpha_loss is not None and supernet.gate_probe.grad is not None:
             gates.update(supernet.gate_probe.grad)
@@ -202,12 +232,12 @@ def search(cfg: DictConfig, backbone: Backbone, space: SearchSpace, data: TaskDa
             checkpoint.save("search", state(step))
     supernet.detach_gates()
     wall = time.perf_counter() - start
-    if gates.steps == 0 and CRITERIA.get(cfg.criterion.name).needs_search:
-        raise ConfigError(f"criterion={cfg.criterion.name} needs the search's α-steps and none ran "
+    if gates.steps == 0 and CRITERIA.get(settings.criterion.name).needs_search:
+        raise ConfigError(f"criterion={settings.criterion.name} needs the search's α-steps and none ran "
                           f"(bilevel.steps={b.steps}, warmup_steps={b.warmup_steps}); give the search α-steps or "
                           f"use criterion=grad_norm or criterion=random")
-    with autocast(cfg.device, cfg.precision):
+    with autocast(settings.device, settings.precision):
         criteria |= score_stage("final", names, scoring, searched=gates.steps > 0)
-    ordered = {name: normalize_scores(criteria[name], space, cfg.criterion.normalize) for name in names
+    ordered = {name: normalize_scores(criteria[name], space, settings.criterion.normalize) for name in names
                if name in criteria}
     return SearchOutcome(supernet, supernet.export_probs(), ordered, trajectory, wall)
