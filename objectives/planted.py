@@ -56,6 +56,7 @@ class PlantedSpec:
     target: str = "regression"
     seed: int = 0
     outputs: int = 1  # regression: the head's outputs (the target's dimension)
+    effect: float | None = None  # each delta alone moves the outputs by effect·std(outputs) (None: size decides)
 
     def __post_init__(self) -> None:
         if self.pattern not in PATTERNS:
@@ -66,6 +67,9 @@ class PlantedSpec:
             raise ValueError(f"task.size={self.size} must be a positive relative norm ‖ΔW‖/‖W‖, e.g. 0.5")
         if self.rank < 1:
             raise ValueError(f"task.rank={self.rank} must be a positive integer (the planted deltas' rank)")
+        if self.effect is not None and not (self.effect > 0 and math.isfinite(self.effect)):
+            raise ValueError(f"task.effect={self.effect} must be a positive fraction of the outputs' spread, e.g. "
+                             f"0.3, or null to plant by relative weight norm (task.size)")
         if self.outputs < 1 or (self.target == "classification" and self.outputs != 1):
             raise ValueError(f"task.outputs={self.outputs} must be a positive integer, and 1 with "
                              f"task.target=classification (two classes)")
@@ -125,6 +129,40 @@ def plant_deltas(model: nn.Module, names: Sequence[str], size: float, rank: int,
         delta *= size * float(weight.detach().double().norm()) / float(delta.norm())
         deltas[name] = delta.to(device=weight.device, dtype=weight.dtype)
     return deltas
+
+
+@torch.no_grad()
+def calibrate_effects(model: nn.Module, deltas: Mapping[str, torch.Tensor], dataset: Dataset,
+                      tokenizer: PreTrainedTokenizerBase, device: str | torch.device, effect: float,
+                      rounds: int = 4, tolerance: float = 0.1) -> dict[str, torch.Tensor]:
+    """The deltas rescaled so that each one alone moves the outputs by the same amount:
+
+        RMS( f(W + c_m ΔW_m) − f(W) ) = effect · std(f(W))     over ``dataset``'s sentences and the outputs,
+
+    solved for c_m by up to ``rounds`` proportional steps from c_m = 1 (the effect is close to linear in c_m); a
+    module whose effect stays more than ``tolerance`` (relative) off, e.g. an attention key whose softmax
+    saturates, is a ValueError naming it. A delta of a
+    given relative norm moves the outputs 20× more on some modules than on others (an FFN input matrix late in the
+    network against an early attention key), so by weight norm alone some planted modules are invisible in the
+    targets; by effect each is equally visible, and recovering all of S is possible in principle."""
+    base = model_outputs(model, dataset, tokenizer, device)
+    target = effect * float(base.std())
+    calibrated = {}
+    for name, delta in deltas.items():
+        scale, rms = 1.0, 0.0
+        for _ in range(rounds + 1):
+            moved = teacher_outputs(model, {name: delta * scale}, dataset, tokenizer, device)
+            rms = float((moved - base).pow(2).mean().sqrt())
+            if rms == 0.0:
+                raise ValueError(f"a delta on {name} does not move the outputs at all; it cannot be planted by effect")
+            if abs(rms / target - 1.0) < tolerance / 5:
+                break
+            scale *= target / rms
+        if abs(rms / target - 1.0) > tolerance:
+            raise ValueError(f"a delta on {name} moves the outputs by {rms / float(base.std()):.3g}·std at best, not "
+                             f"task.effect={effect}; lower task.effect, or plant by weight norm (task.effect=null)")
+        calibrated[name] = delta * scale
+    return calibrated
 
 
 @torch.no_grad()

@@ -13,6 +13,7 @@ from test_determinism import TOKENIZER, synthetic_data
 from objectives.planted import (
     PlantedSpec,
     agreement,
+    calibrate_effects,
     grouped_auc,
     model_outputs,
     plant_deltas,
@@ -133,6 +134,33 @@ def test_a_vector_target_standardizes_every_output_and_is_judged_per_output() ->
     student = model_outputs(model, data, TOKENIZER, "cpu")  # the untouched student, per-output Pearson r averaged
     expected = sum(float(torch.corrcoef(torch.stack([student[:, j], after[:, j]]))[0, 1]) for j in range(6)) / 6
     assert agreement(student, after, "regression") == pytest.approx(expected, rel=1e-6)
+
+
+def test_calibrated_deltas_each_move_the_outputs_by_the_asked_effect() -> None:
+    model = tiny_bert(num_labels=8)
+    data = synthetic_data(64)
+    space = space_of(model)
+    names = [space.names[2], space.names[5], space.names[-1]]  # an early value, a first FFN output, the last one
+    deltas = plant_deltas(model, names, size=0.5, rank=2, seed=0)
+    base = model_outputs(model, data, TOKENIZER, "cpu")
+
+    def effect_of(delta_by_name: dict) -> float:
+        moved = teacher_outputs(model, delta_by_name, data, TOKENIZER, "cpu")
+        return float((moved - base).pow(2).mean().sqrt() / base.std())
+
+    by_size = [effect_of({n: deltas[n]}) for n in names]
+    calibrated = calibrate_effects(model, deltas, data, TOKENIZER, "cpu", effect=0.05, rounds=6)
+    by_effect = [effect_of({n: calibrated[n]}) for n in names]
+    assert max(by_size) / min(by_size) > 3  # equal relative norms do not move the outputs equally
+    assert by_effect == pytest.approx([0.05] * 3, rel=0.1)
+    query = space.names[0]  # in this random model an early query barely moves anything: refused, with the fix
+    with pytest.raises(ValueError, match=f"a delta on {query} moves the outputs by .* lower task.effect"):
+        calibrate_effects(model, plant_deltas(model, [query], 0.5, 2, 0), data, TOKENIZER, "cpu", effect=0.5)
+    for name in names:  # only the scale changes: the same direction and rank
+        ratio = calibrated[name] / deltas[name]
+        assert float(ratio.std()) < 1e-4 * float(ratio.abs().mean())
+    with pytest.raises(ValueError, match="task.effect=0.0 must be a positive fraction"):
+        PlantedSpec(effect=0.0)
 
 
 def test_a_vector_target_is_refused_for_classification() -> None:

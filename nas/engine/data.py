@@ -13,6 +13,7 @@ from objectives import GlueTask, get_task, load_glue, tokenize_glue
 from objectives.planted import (
     PlantedSpec,
     agreement,
+    calibrate_effects,
     model_outputs,
     plant_deltas,
     planted_modules,
@@ -77,6 +78,9 @@ def prepare_planted_data(spec: PlantedSpec, model: nn.Module, head_names: list[s
                           max_train, max_eval)
     model.to(device)
     deltas = plant_deltas(model, modules, spec.size, spec.rank, spec.seed)
+    if spec.effect is not None:  # equal visibility: each delta alone moves the outputs by effect·std
+        deltas = calibrate_effects(model, deltas, source.train.select(range(min(256, len(source.train)))),
+                                   tokenizer, device, spec.effect)
     outputs = {split: teacher_outputs(model, deltas, dataset, tokenizer, device)
                for split, dataset in (("train", source.train), ("dev", source.dev))}
     rescale = standardize_head(model, head_names, outputs["train"], spec.target)

@@ -49,7 +49,8 @@ def planted_spec(task_cfg: DictConfig) -> PlantedSpec:
                            module_types=None if task_cfg.module_types is None else tuple(task_cfg.module_types),
                            layers=None if task_cfg.layers is None else tuple(task_cfg.layers),
                            size=float(task_cfg.size), rank=int(task_cfg.rank), target=task_cfg.target,
-                           seed=int(task_cfg.planted_seed), outputs=int(task_cfg.get("outputs", 1)))
+                           seed=int(task_cfg.planted_seed), outputs=int(task_cfg.get("outputs", 1)),
+                           effect=None if task_cfg.get("effect") is None else float(task_cfg.effect))
     except ValueError as error:
         raise ConfigError(str(error)) from error
 
