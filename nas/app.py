@@ -19,12 +19,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from nas.config import CONF_DIR, register_configs, validate_run_config
+from nas.config import CONF_DIR, register_configs
 from nas.engine.checkpoint import Checkpointer
 from nas.engine.logger import build_logger, run_group
 from nas.engine.parallel import broadcast_object, from_environment, slurm_environment
 from nas.engine.pipeline import run_pipeline
 from nas.errors import ConfigError, NonFiniteError
+from nas.validation import validate_run_config
 
 register_configs()
 

@@ -2,21 +2,17 @@
 
 The primary config ``conf/run.yaml`` starts from the ``run_schema`` node, so a misspelled key or a
 value of the wrong type fails at compose time. Range checks that a schema cannot express live in
-:func:`validate_run_config`, which runs before any work is done.
+:func:`nas.validation.validate_run_config`, which runs before any work is done.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
-
-from nas.engine.precision import PRECISIONS
-from nas.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = PROJECT_ROOT / "conf"  # the checkout's Hydra config (diffora is installed editable from it)
@@ -334,122 +330,3 @@ def register_configs() -> None:
         ("criterion", "criterion_schema", CriterionConfig),
     ):
         store.store(group=group, name=name, node=node)
-
-
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
-
-
-def validate_run_config(cfg: Any) -> None:
-    """Range and name checks that the schema cannot express; raises ConfigError naming the fix."""
-    from nas.adapters.operators import OPERATORS
-    from nas.engine.logger import LOGGERS
-    from nas.methods import METHODS
-    from nas.search.criteria import CRITERIA
-    from nas.search.discretizer import DISCRETIZERS
-    from nas.search.hypergradient import HYPERGRADIENTS
-    from nas.search.relaxation import RELAXATIONS
-
-    rho = cfg.discretizer.rho
-    _check(0.0 < rho <= 1.0 and math.isfinite(rho),
-           f"discretizer.rho={rho} is outside (0, 1]; pass e.g. discretizer.rho=0.5")
-    from nas.search.regularizers import REGULARIZERS
-
-    for name, weight in cfg.bilevel.regularizers.items():
-        _check(name in REGULARIZERS, f"bilevel.regularizers.{name} is unknown; choose among: "
-                                     f"{', '.join(REGULARIZERS.names())}")
-        _check(weight >= 0 and math.isfinite(weight), f"bilevel.regularizers.{name}={weight} must be >= 0")
-    _check(cfg.discretizer.name != "perturbation",
-           "discretizer=perturbation is now a selection criterion: use criterion=perturbation with a ranking "
-           "discretizer (e.g. discretizer=global_topk)")
-    for registry, value, key in (
-        (RELAXATIONS, cfg.relaxation.name, "relaxation"),
-        (HYPERGRADIENTS, cfg.bilevel.hypergradient, "bilevel.hypergradient"),
-        (DISCRETIZERS, cfg.discretizer.name, "discretizer.name"),
-        (OPERATORS, cfg.space.operator, "space.operator"),
-        (LOGGERS, cfg.logger.name, "logger"),
-        (CRITERIA, cfg.criterion.name, "criterion"),
-    ):
-        _check(value in registry, f"{key}={value} is unknown; choose one of: {', '.join(registry.names())}")
-    for name in cfg.criterion.record:
-        _check(name in CRITERIA, f"criterion.record has {name}, which is unknown; choose among: "
-                                 f"{', '.join(CRITERIA.names())}")
-    _check(cfg.criterion.normalize in ("none", "type"),
-           f"criterion.normalize={cfg.criterion.normalize} is unknown; choose none or type")
-    _check(cfg.criterion.batches >= 1, f"criterion.batches={cfg.criterion.batches} must be a positive integer")
-    _check(not (cfg.method.name in ("diffora", "random") and cfg.space.operator == "sora"),
-           f"space.operator=sora with method={cfg.method.name} would train SoRA's gates without their L1 term and "
-           f"proximal step; select over space.operator=lora or prolora, or run SoRA itself with method=sora")
-    _check(cfg.bilevel.unrolled_step in ("optimizer", "sgd"),
-           f"bilevel.unrolled_step={cfg.bilevel.unrolled_step} is unknown; choose optimizer or sgd")
-    _check(cfg.grad_accum >= 1, f"grad_accum={cfg.grad_accum} must be a positive number of micro-batches per step")
-    _check(cfg.checkpoint.every >= 0, f"checkpoint.every={cfg.checkpoint.every} must be >= 0 (0 turns checkpoints off)")
-    _check(cfg.precision in PRECISIONS, f"precision={cfg.precision} is unknown; choose one of: {', '.join(PRECISIONS)}")
-    _check(cfg.retrain.init in ("shared", "fresh"),
-           f"retrain.init={cfg.retrain.init} is unknown; choose retrain.init=shared or retrain.init=fresh")
-    _check(0.0 < cfg.bilevel.w_fraction < 1.0,
-           f"bilevel.w_fraction={cfg.bilevel.w_fraction} must be in (0, 1), e.g. 0.5 for a 50/50 split")
-    for key in ("bilevel.batch_size", "retrain.batch_size", "retrain.eval_batch_size",
-                "space.rank", "task.max_length"):
-        value = OmegaConf.select(cfg, key)
-        _check(value >= 1, f"{key}={value} must be a positive integer")
-    for key in ("bilevel.steps", "retrain.steps", "bilevel.warmup_steps"):
-        value = OmegaConf.select(cfg, key)
-        _check(value is None and key == "retrain.steps" or value is not None and value >= 0,
-               f"{key}={value} must be >= 0")
-    for key in ("retrain.epochs", "task.epochs"):
-        epochs = OmegaConf.select(cfg, key)
-        _check(epochs is None or (epochs > 0 and math.isfinite(epochs)),
-               f"{key}={epochs} must be a positive number of passes over the train set, or null")
-    _check(not (cfg.retrain.steps is None and cfg.retrain.epochs is None and cfg.task.get("epochs") is None),
-           f"task={cfg.task.name} sets no default training length: set retrain.steps=N or retrain.epochs=E (or "
-           f"task.epochs=E)")
-    _check(cfg.model.dropout is None or 0.0 <= cfg.model.dropout < 1.0,
-           f"model.dropout={cfg.model.dropout} must be in [0, 1), or null for the checkpoint's")
-    _check(0.0 <= cfg.space.dropout < 1.0, f"space.dropout={cfg.space.dropout} must be in [0, 1)")
-    _check(cfg.method.name in METHODS,
-           f"method={cfg.method.name} is unknown; choose one of: {', '.join(METHODS.names())}")
-    for key in ("method.lr", "method.weight_decay", "budget.target_params"):
-        value = OmegaConf.select(cfg, key)
-        _check(value is None or value >= 0, f"{key}={value} must be >= 0 (or null for the default)")
-    validate_inputs(cfg)
-
-
-def validate_inputs(cfg: Any) -> None:
-    """The task exists, its data folder is there (unless read from the hub), the model path resolves."""
-    from nas.engine.backbone import resolve_model_path
-    from objectives import get_task
-
-    objective = cfg.task.get("objective", "head")
-    _check(objective in ("head", "causal_lm"),
-           f"task.objective={objective} is unknown; choose head (a classification/regression head) or causal_lm")
-    _check(objective == "head" or cfg.task.name != "planted",
-           "task=planted needs task.objective=head (its targets are the teacher's head outputs)")
-    if cfg.task.name == "jsonl":
-        _check(objective == "causal_lm", "task=jsonl needs task.objective=causal_lm (prompt → completion data)")
-        for key in ("train_file", "dev_file"):
-            _check(not OmegaConf.is_missing(cfg.task, key),
-                   f"task=jsonl needs task.{key}: a JSONL file with one {{\"prompt\": ..., \"completion\": ...}} "
-                   f"object per line")
-            path = Path(str(cfg.task[key])).expanduser()
-            _check(path.is_file(), f"task.{key}={path} does not exist; point it at a JSONL file with one "
-                                   f'{{"prompt": ..., "completion": ...}} object per line')
-        resolve_model_path(cfg.model.name_or_path)
-        return
-    name = cfg.task.get("source", cfg.task.name) if cfg.task.name == "planted" else cfg.task.name
-    try:
-        task = get_task(name)
-    except ValueError as error:
-        raise ConfigError(f"task.{'source' if name != cfg.task.name else 'name'}: {error} (or planted, or jsonl)"
-                          ) from error
-    if cfg.task.name == "planted":
-        from nas.engine.pipeline import planted_spec
-
-        planted_spec(cfg.task)  # pattern, target, size, rank: checked before any work
-    if cfg.task.data_dir is not None:
-        folder = Path(cfg.task.data_dir).expanduser() / task.folder
-        _check(folder.is_dir(),
-               f"GLUE data folder {folder} is missing; set DIFFORA_GLUE_DIR (or paths.glue_dir) to the folder "
-               f"that holds CoLA/, SST-2/, MRPC/, ..., or task.data_dir=null to read nyu-mll/glue from the hub")
-    resolve_model_path(cfg.model.name_or_path)

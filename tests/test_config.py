@@ -11,8 +11,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 import nas
-from nas.config import PROJECT_ROOT, validate_run_config
+from nas.config import PROJECT_ROOT
 from nas.errors import ConfigError
+from nas.validation import validate_run_config
 
 GROUPS = ["method", "budget", "model", "task", "space", "relaxation", "bilevel", "discretizer", "logger", "debug",
           "experiment"]

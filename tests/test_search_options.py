@@ -81,8 +81,8 @@ def test_diagnostics_detect_collapse_and_entropy() -> None:
 
 
 def test_unknown_regularizer_is_a_config_error() -> None:
-    from nas.config import validate_run_config
     from nas.errors import ConfigError
+    from nas.validation import validate_run_config
 
     with pytest.raises(ConfigError, match="bilevel.regularizers.entropyy is unknown"):
         validate_run_config(compose_run(["+bilevel.regularizers.entropyy=1.0"]))

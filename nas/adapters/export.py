@@ -21,6 +21,7 @@ import json
 import re
 import shutil
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -84,11 +85,13 @@ def rank_config(ranks: dict[str, int]) -> tuple[int, dict[str, int]]:
 
 
 def export_adapter(model: nn.Module, head_parameter_names: list[str], folder: Path, base_model: str | None = None,
-                   dropout: float = 0.0) -> dict[str, int]:
+                   dropout: float = 0.0,
+                   factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> dict[str, int]:
     """Write ``model``'s adapters and head to ``folder`` in PEFT's LoRA format; returns the rank of every module.
+    ``factors``: :func:`lora_factors` of ``model`` when the caller has them already.
 
     A model with no adapter left (e.g. every SoRA gate closed) has nothing PEFT can load: a ConfigError."""
-    factors = lora_factors(model)
+    factors = lora_factors(model) if factors is None else factors
     if not factors:
         raise ConfigError("the trained model has no adapter with a non-zero rank (e.g. every SoRA gate is zero), "
                           "so there is no LoRA to export; lower method.sparse_lambda or method.xi")

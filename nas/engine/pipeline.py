@@ -78,10 +78,12 @@ def export_trained(prepared: Prepared, backbone: Backbone, run_dir: Path, base_m
     model, for full fine-tuning (no selected module); ``adapter/`` in PEFT's LoRA format for every adapter method."""
     if not prepared.selected:
         export_full_model(prepared.model, backbone.tokenizer, run_dir / MODEL_DIR)
-    elif not lora_factors(prepared.model):
+        return
+    factors = lora_factors(prepared.model)
+    if not factors:
         print("diffora: warning: every adapter rank was pruned (all gates closed), so no adapter/ is written")
-    else:
-        export_adapter(prepared.model, prepared.head_names, run_dir / ADAPTER_DIR, base_model, dropout)
+        return
+    export_adapter(prepared.model, prepared.head_names, run_dir / ADAPTER_DIR, base_model, dropout, factors)
 
 
 def run_pipeline(cfg: DictConfig, run_dir: Path, logger: Logger, checkpoint: Checkpointer | None = None,
