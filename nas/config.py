@@ -133,6 +133,8 @@ class BilevelConfig:
     batch_size: int = 32
     w_fraction: float = 0.5  # share of the train set that forms the w-split; the rest is the α-split
     warmup_steps: int = 0  # w-steps before α-steps start
+    dropout: float | None = 0.0  # p of every nn.Dropout (backbone and branches) during the search, restored for the
+    # retrain; null keeps model.dropout and space.dropout. 0: dropout's noise drowns the gates' gradient (planted task)
     unrolled_step: str = "optimizer"  # second order's virtual step: optimizer (AdamW's own update) | sgd (w − ξ∇w)
     unrolled_lr: float | None = None  # ξ of unrolled_step=sgd; null: the w learning rate
     regularizers: dict[str, float] = field(default_factory=dict)  # DAM penalties by name → weight, e.g. entropy: 0.1

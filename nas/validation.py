@@ -86,6 +86,9 @@ def validate_run_config(cfg: Any) -> None:
     _check(cfg.model.dropout is None or 0.0 <= cfg.model.dropout < 1.0,
            f"model.dropout={cfg.model.dropout} must be in [0, 1), or null for the checkpoint's")
     _check(0.0 <= cfg.space.dropout < 1.0, f"space.dropout={cfg.space.dropout} must be in [0, 1)")
+    _check(cfg.bilevel.dropout is None or 0.0 <= cfg.bilevel.dropout < 1.0,
+           f"bilevel.dropout={cfg.bilevel.dropout} must be in [0, 1), or null to search with model.dropout and "
+           f"space.dropout")
     _check(cfg.method.name in METHODS,
            f"method={cfg.method.name} is unknown; choose one of: {', '.join(METHODS.names())}")
     for key in ("method.lr", "method.weight_decay", "budget.target_params"):

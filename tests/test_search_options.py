@@ -14,7 +14,7 @@ from nas.engine.data import TaskData
 from nas.engine.logger import NullLogger
 from nas.engine.outputs import seed_everything
 from nas.search.diagnostics import collapse, mean_binary_entropy
-from nas.search.loop import SearchSettings, search
+from nas.search.loop import SearchSettings, dropout_set, search
 from objectives import get_task
 from search_spaces import build_search_space
 
@@ -86,3 +86,31 @@ def test_unknown_regularizer_is_a_config_error() -> None:
 
     with pytest.raises(ConfigError, match="bilevel.regularizers.entropyy is unknown"):
         validate_run_config(compose_run(["+bilevel.regularizers.entropyy=1.0"]))
+
+
+def test_dropout_set_switches_every_dropout_inside_the_block_and_restores_it() -> None:
+    model = BertForSequenceClassification(BertConfig(num_labels=2, **{**TINY_BERT, "hidden_dropout_prob": 0.3})).train()
+    before = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert before and max(before) > 0
+    ids = torch.randint(0, 50, (2, 6))
+    with dropout_set(model, 0.0):
+        assert all(m.p == 0.0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
+        torch.testing.assert_close(model(input_ids=ids).logits, model(input_ids=ids).logits)  # train mode, no noise
+    assert [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)] == before
+    with dropout_set(model, None):
+        assert [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)] == before
+
+
+@pytest.mark.parametrize("dropout", ["0.0", "null"])
+def test_the_search_leaves_the_dropout_of_the_retrain_as_configured(dropout: str) -> None:
+    cfg, _, outcome = run_search([f"bilevel.dropout={dropout}", "space.dropout=0.2"])
+    branches = [m for m in outcome.supernet.modules() if isinstance(m, torch.nn.Dropout) and m.p == 0.2]
+    assert branches  # the LoRA branches' dropout is back at space.dropout after the search
+
+
+def test_a_search_dropout_outside_zero_one_is_refused() -> None:
+    from nas.errors import ConfigError
+    from nas.validation import validate_run_config
+
+    with pytest.raises(ConfigError, match=r"bilevel.dropout=1.5 must be in \[0, 1\)"):
+        validate_run_config(compose_run(["bilevel.dropout=1.5"]))
