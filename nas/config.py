@@ -64,12 +64,12 @@ class PlantedTaskConfig(TaskConfig):
     k: int = 9
     module_types: list[str] | None = None  # grid: planted types (null: all)
     layers: list[int] | None = None  # grid: planted layers (null: all)
-    size: float = 0.5  # ‖ΔW‖_F / ‖W‖_F of every planted delta
+    size: float = 0.5  # ‖ΔW‖_F / ‖W‖_F of every planted delta before task.effect rescales it (effect=null: as is)
     rank: int = 8  # rank of every planted delta
-    target: str = "regression"  # regression (teacher's scalar output) | classification (its argmax class)
+    target: str = "regression"  # regression (the teacher's outputs) | classification (its argmax class)
     planted_seed: int = 0  # draws S (random pattern) and the deltas; fixed across run seeds by default
     outputs: int = 384  # regression: the teacher's head has this many outputs, all of them targets (a vector target)
-    effect: float | None = None  # each planted delta alone moves the outputs by effect·std (null: by task.size)
+    effect: float | None = 0.1  # each planted delta alone moves the outputs by effect·std (null: by task.size)
 
 
 @dataclass
@@ -137,6 +137,9 @@ class BilevelConfig:
     # retrain; null keeps model.dropout and space.dropout. 0: dropout's noise drowns the gates' gradient (planted task)
     unrolled_step: str = "optimizer"  # second order's virtual step: optimizer (AdamW's own update) | sgd (w − ξ∇w)
     unrolled_lr: float | None = None  # ξ of unrolled_step=sgd; null: the w learning rate
+    alpha_shrink: float = 0.0  # δ: α-steps take the hypergradient at (1 − δ)·γ (nas/search/loop.py: shrunk_gates)
+    balance_lr: bool = False  # per-branch w learning rates that equalize how fast each branch moves its output
+    # (nas/search/branch_speed.py); the head keeps w_optimizer.lr
     regularizers: dict[str, float] = field(default_factory=dict)  # DAM penalties by name → weight, e.g. entropy: 0.1
     grad_clip: float = 1.0
     log_every: int = 10

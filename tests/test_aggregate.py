@@ -377,3 +377,27 @@ def test_a_seed_run_twice_is_averaged_with_a_warning(tmp_path: Path) -> None:
         report = paired_differences(runs)
     r4 = next(c for c in report.comparisons if c.label == "rank=4")
     assert r4.test.mean == pytest.approx(np.mean([0.78 - 0.71, 0.06, 0.05]))
+
+
+def test_misses_and_stand_ins_are_counted_over_seeds(tmp_path: Path) -> None:
+    planted = ["bert.encoder.layer.1.attention.self.key", "bert.encoder.layer.5.output.dense"]
+    recovery = RECOVERY | {"planted": planted}
+    selections = [["bert.encoder.layer.1.attention.self.key", "bert.encoder.layer.5.intermediate.dense"],
+                  ["bert.encoder.layer.1.attention.self.query", "bert.encoder.layer.5.intermediate.dense"],
+                  planted]
+    for seed, selected in enumerate(selections):
+        write_run(tmp_path / f"planted_s{seed}", task="planted", seed=seed, score=0.7, recovery=recovery,
+                  selected=selected)
+    write_run(tmp_path / "mrpc_s0", score=0.8, selected=["q0"])  # no recovery: no stand-ins
+    summaries = summarize(load_runs(tmp_path))
+    stand = next(s for s in summaries if s.task == "planted").stand_ins
+    assert stand is not None and stand.n == 3
+    assert stand.missed == [("bert.encoder.layer.5.output.dense", 2), ("bert.encoder.layer.1.attention.self.key", 1)]
+    assert stand.extra == [("bert.encoder.layer.5.intermediate.dense", 2),
+                           ("bert.encoder.layer.1.attention.self.query", 1)]
+    assert next(s for s in summaries if s.task == "mrpc").stand_ins is None
+    markdown = to_markdown(summaries)
+    assert "Misses and stand-ins" in markdown and "names without 'bert.encoder.layer.'" in markdown
+    assert ("| diffora | — | 3 | 5.output.dense (2), 1.attention.self.key (1) | 5.intermediate.dense (2), "
+            "1.attention.self.query (1) |") in markdown
+    assert "stand-ins" not in markdown[markdown.index("## mrpc"):markdown.index("## planted")]

@@ -138,3 +138,19 @@ def test_second_order_with_the_optimizer_step_moves_only_the_dam() -> None:
     search.alpha_step(tiny_batch(seed=1), tiny_batch(seed=2))
     assert changed(before, net) == {"dam_logits"} and torch.isfinite(net.dam_logits).all()
     assert all(torch.equal(v, search.w_optimizer.state_dict()["state"][0][k]) for k, v in state.items())
+
+
+def test_shrunk_gates_take_the_hypergradient_at_a_fraction_of_every_gate_and_restore_it() -> None:
+    from nas.search.loop import shrunk_gates
+
+    net, search = make_search()
+    batch = tiny_batch()
+    shrunk = shrunk_gates(first_order, net, 0.5)(search.problem, batch, batch)
+    assert net.gate_scale == 1.0  # restored after the α-step
+    plain = first_order(search.problem, batch, batch)
+    net.gate_scale = 0.5  # the reference: the plain hypergradient of the network whose gates are halved
+    reference = first_order(search.problem, batch, batch)
+    net.gate_scale = 1.0
+    torch.testing.assert_close(shrunk.grads[0], reference.grads[0])
+    assert shrunk.alpha_loss == pytest.approx(reference.alpha_loss)
+    assert not torch.allclose(shrunk.grads[0], plain.grads[0])

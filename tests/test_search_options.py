@@ -114,3 +114,11 @@ def test_a_search_dropout_outside_zero_one_is_refused() -> None:
 
     with pytest.raises(ConfigError, match=r"bilevel.dropout=1.5 must be in \[0, 1\)"):
         validate_run_config(compose_run(["bilevel.dropout=1.5"]))
+
+
+def test_an_alpha_shrink_outside_zero_one_is_refused() -> None:
+    from nas.errors import ConfigError
+    from nas.validation import validate_run_config
+
+    with pytest.raises(ConfigError, match=r"bilevel.alpha_shrink=1.0 must be in \[0, 1\)"):
+        validate_run_config(compose_run(["bilevel.alpha_shrink=1.0"]))

@@ -61,6 +61,16 @@ class RecoverySummary:
 
 
 @dataclass
+class StandIns:
+    """Over the n seeds of a planted run: how often each planted module was left out of the selection (``missed``)
+    and how often each other module was selected in its place (``extra``), most frequent first."""
+
+    n: int
+    missed: list[tuple[str, int]]
+    extra: list[tuple[str, int]]
+
+
+@dataclass
 class GroupSummary:
     """Seeds of one (task, method, label); std is the sample std (None below two seeds)."""
 
@@ -85,6 +95,7 @@ class GroupSummary:
     stability_chance: float | None = None  # expected mean pairwise Jaccard of uniformly random selections
     recovery: RecoverySummary | None = None  # None when no seed recorded recovery
     recovery_by_criterion: dict[str, RecoverySummary] = field(default_factory=dict)
+    stand_ins: StandIns | None = None  # None when no seed recorded recovery with a selection
 
 
 # ---------------------------------------------------------------- reading
@@ -194,6 +205,26 @@ def _recovery_by_criterion(done: Sequence[RunRecord]) -> dict[str, RecoverySumma
     return {name: summary for name, v in values.items() if (summary := _recovery(v)) is not None}
 
 
+def _most_common(counts: Counter[str]) -> list[tuple[str, int]]:
+    """(name, count), most frequent first, ties by name (stable across runs)."""
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+
+
+def _stand_ins(done: Sequence[RunRecord]) -> StandIns | None:
+    """Counts of missed planted modules and of the modules selected instead, over the seeds with both a recovery and
+    a selection; None without any."""
+    judged = [r for r in done if r.recovery is not None and r.selected is not None]
+    if not judged:
+        return None
+    missed: Counter[str] = Counter()
+    extra: Counter[str] = Counter()
+    for r in judged:
+        truth, chosen = set(r.recovery.planted), set(r.selected)
+        missed.update(truth - chosen)
+        extra.update(chosen - truth)
+    return StandIns(len(judged), _most_common(missed), _most_common(extra))
+
+
 def summarize(runs: Sequence[RunRecord]) -> list[GroupSummary]:
     """One GroupSummary per (task, method, label), sorted; labels are recomputed from ``runs`` as given."""
     varying = _varying(runs)
@@ -224,7 +255,7 @@ def summarize(runs: Sequence[RunRecord]) -> list[GroupSummary]:
             stability_chance=_stability_chance(done),
             recovery=_recovery([(r.recovery.precision, r.recovery.auc, r.recovery.chance)
                                 for r in done if r.recovery is not None]),
-            recovery_by_criterion=_recovery_by_criterion(done)))
+            recovery_by_criterion=_recovery_by_criterion(done), stand_ins=_stand_ins(done)))
     return summaries
 
 

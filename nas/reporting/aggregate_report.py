@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -107,6 +108,7 @@ def to_markdown(summaries: Sequence[GroupSummary], paired: PairedReport | None =
                  str(g.failed), str(g.unfinished)] for g in groups]
         lines += [f"## {task}", "", f"Majority-class baseline ({main}): {base}", "", *_table(header, rows)]
         lines += recovery_by_criterion(groups)
+        lines += stand_ins(groups)
         lines += to_grids(groups)
         if paired is not None:
             lines += paired_section(task, main, paired)
@@ -144,6 +146,27 @@ def to_grids(groups: Sequence[GroupSummary]) -> list[str]:
                 row.append("—" if g is None else format_pm(g.score_mean, g.score_std) + stability)
             lines.append(f"| {a} | " + " | ".join(row) + " |")
     return lines
+
+
+def _counts(items: Sequence[tuple[str, int]], prefix: str) -> str:
+    return ", ".join(f"{name.removeprefix(prefix)} ({count})" for name, count in items) or "none"
+
+
+def stand_ins(groups: Sequence[GroupSummary]) -> list[str]:
+    """One row per (method, label) of a planted task: the planted modules the selections missed and the modules they
+    took instead, with how many seeds each; [] when no group recorded recovery."""
+    judged = [g for g in groups if g.stand_ins is not None]
+    if not judged:
+        return []
+    names = [name for g in judged for name, _ in (*g.stand_ins.missed, *g.stand_ins.extra)]
+    prefix = os.path.commonprefix(names) if len(names) > 1 else ""
+    prefix = prefix[:prefix.rfind(".") + 1]  # cut at a dot: "bert.encoder.layer.", never half a name
+    rows = [[g.method, _variant(g.label), str(g.stand_ins.n), _counts(g.stand_ins.missed, prefix),
+             _counts(g.stand_ins.extra, prefix)] for g in judged]
+    caption = (f"Misses and stand-ins: planted modules left out of the selection, and modules selected instead "
+               f"(in brackets, the number of seeds{'; names without ' + repr(prefix) if prefix else ''})")
+    return ["", caption, "", *_table(["method", "variant", "n seeds", "missed", "selected instead"], rows,
+                                     text_columns=5)]
 
 
 def recovery_by_criterion(groups: Sequence[GroupSummary]) -> list[str]:

@@ -24,6 +24,7 @@ from nas.engine.precision import autocast
 from nas.engine.training import check_finite, forever, loss_for, make_loader, to_device
 from nas.errors import ConfigError, NonFiniteError
 from nas.search.bilevel import ArchPenalty, BilevelSearch, StepStats
+from nas.search.branch_speed import balanced_groups, branch_speeds
 from nas.search.criteria import (
     CRITERIA,
     GateStatistics,
@@ -34,7 +35,7 @@ from nas.search.criteria import (
 )
 from nas.search.dam_optimizer import SharedAdam
 from nas.search.diagnostics import summarize_dam
-from nas.search.hypergradient import HYPERGRADIENTS, BilevelProblem
+from nas.search.hypergradient import HYPERGRADIENTS, Batch, BilevelProblem, Hypergradient, HypergradientFn
 from nas.search.regularizers import RegularizerContext, build_regularizer_loss
 from nas.search.relaxation import Relaxation, build_relaxation
 from nas.search.supernet import SuperNet
@@ -70,9 +71,10 @@ class SearchSettings:
                    group_by_length=bool(cfg.group_by_length), target_fraction=float(cfg.discretizer.rho))
 
 
-def optimizer_from(cfg: OptimizerConfig, params: list[torch.nn.Parameter], adam: type) -> torch.optim.Optimizer:
-    """``adam`` (the class given: Adam for the DAM, AdamW for the weights), ``shared_adam`` (Adam with one second
-    moment per tensor, nas/search/dam_optimizer.py) or ``sgd`` with momentum betas[0]."""
+def optimizer_from(cfg: OptimizerConfig, params: list[Any], adam: type) -> torch.optim.Optimizer:
+    """``params``: parameters or parameter groups. ``adam`` (the class given: Adam for the DAM, AdamW for the
+    weights), ``shared_adam`` (Adam with one second moment per tensor, nas/search/dam_optimizer.py) or ``sgd`` with
+    momentum betas[0]."""
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=float(cfg.betas[0]), weight_decay=cfg.weight_decay)
     if cfg.name == "shared_adam":
@@ -119,6 +121,23 @@ def relaxation_from(settings: SearchSettings) -> Relaxation:
     options = {k: v for k, v in node.items() if k not in ("name", "init_mean", "init_std")}
     sampler = torch.Generator().manual_seed(settings.seed + 7919)
     return build_relaxation(node["name"], node["init_mean"], node["init_std"], generator=sampler, **options)
+
+
+def shrunk_gates(hypergradient: HypergradientFn, supernet: SuperNet, shrink: float) -> HypergradientFn:
+    """The hypergradient taken with every gate at (1 − shrink)·γ (``bilevel.alpha_shrink``); w-steps see γ.
+
+    Once the branches fit, γ and B are redundant scales and ∂L/∂γ ≈ 0 at γ: the α-step sees only what is still
+    under-trained. At (1 − δ)·γ the loss is L(γ) − δγ ∂L/∂γ + ½ δ²γ² c with c = ∂²L/∂γ², so ∂L/∂γ there ≈ −δγ·c: every
+    gate is pushed up in proportion to how much its branch is needed (c), the curvature a removal would pay."""
+
+    def shrunk(problem: BilevelProblem, w_batch: Batch, alpha_batch: Batch) -> Hypergradient:
+        supernet.gate_scale = 1.0 - shrink
+        try:
+            return hypergradient(problem, w_batch, alpha_batch)
+        finally:
+            supernet.gate_scale = 1.0
+
+    return shrunk
 
 
 @contextmanager
@@ -188,18 +207,25 @@ def _search(settings: SearchSettings, supernet: SuperNet, backbone: Backbone, da
     a_loader = make_loader(data.train.select(a_idx), backbone.tokenizer, b.batch_size, True, settings.seed + 1,
                            settings.group_by_length)
     inner = supernet.named_weight_parameters()
-    w_optimizer = optimizer_from(b.w_optimizer, list(inner.values()), torch.optim.AdamW)
+    fixed_loader = make_loader(data.train.select(a_idx), backbone.tokenizer, b.batch_size, True, settings.seed + 2)
+    fixed = [to_device(batch, settings.device) for batch, _ in zip(fixed_loader, range(settings.criterion.batches),
+                                                              strict=False)]
+    w_params: list[Any] = list(inner.values())
+    if b.balance_lr:
+        with autocast(settings.device, settings.precision):
+            w_params = balanced_groups(supernet, inner, branch_speeds(supernet, fixed), b.w_optimizer.lr)
+    w_optimizer = optimizer_from(b.w_optimizer, w_params, torch.optim.AdamW)
     alpha_optimizer = optimizer_from(b.alpha_optimizer, supernet.arch_parameters(), torch.optim.Adam)
     problem = BilevelProblem(model=supernet, loss_fn=loss_for(data.task), inner=inner,
                              outer={"dam_logits": supernet.dam_logits, "gate_probe": supernet.gate_probe},
                              virtual_step=virtual_step_from(b, w_optimizer, list(inner.values())), parallel=parallel)
-    bilevel = BilevelSearch(problem, HYPERGRADIENTS.get(b.hypergradient), w_optimizer, alpha_optimizer,
+    hypergradient = HYPERGRADIENTS.get(b.hypergradient)
+    if b.alpha_shrink:
+        hypergradient = shrunk_gates(hypergradient, supernet, b.alpha_shrink)
+    bilevel = BilevelSearch(problem, hypergradient, w_optimizer, alpha_optimizer,
                             grad_clip=b.grad_clip, warmup_steps=b.warmup_steps,
                             arch_penalty=dam_penalty(settings, supernet, space, budget_target))
     names = criteria_to_score(settings.criterion.name, settings.criterion.record)
-    fixed_loader = make_loader(data.train.select(a_idx), backbone.tokenizer, b.batch_size, True, settings.seed + 2)
-    fixed = [to_device(batch, settings.device) for batch, _ in zip(fixed_loader, range(settings.criterion.batches),
-                                                              strict=False)]
     gates = GateStatistics(supernet)
     scoring = ScoringInput(supernet, problem.loss_fn, fixed, int(settings.seed), gates)
     with autocast(settings.device, settings.precision):

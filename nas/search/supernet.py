@@ -40,6 +40,7 @@ class SuperNet(nn.Module):
         self.gate_probe = torch.zeros(rows, cols, requires_grad=True)
         self.head_names = list(head_names)
         self.removed: set[str] = set()  # candidates whose branch is switched off (γ = 0), e.g. for perturbation
+        self.gate_scale = 1.0  # multiplies every γ in forward (bilevel.alpha_shrink probes the α-loss at (1 − δ)·γ)
         for name in self.head_names:
             model.get_parameter(name).requires_grad_(True)
 
@@ -76,7 +77,7 @@ class SuperNet(nn.Module):
         return discretize(self.export_probs())
 
     def forward(self, **batch: torch.Tensor):
-        matrix = self.relaxed_matrix() + self.gate_probe
+        matrix = self.relaxed_matrix() * self.gate_scale + self.gate_probe
         for (name, adapter), (row, col) in zip(self.adapters.items(), self._coordinates, strict=True):
             adapter.gate = matrix[row, col] * 0.0 if name in self.removed else matrix[row, col]
         return self.model(**batch)

@@ -1,0 +1,66 @@
+"""Per-branch learning rates that equalize how fast each branch moves its output (nas/search/branch_speed.py)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import TINY_BERT
+from test_search_options import run_search
+from transformers import BertConfig, BertForSequenceClassification
+
+from nas.search.branch_speed import balanced_groups, branch_speeds
+from nas.search.relaxation import build_relaxation
+from nas.search.supernet import SuperNet
+from search_spaces import build_search_space
+
+
+def tiny_supernet() -> SuperNet:
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(num_labels=2, **TINY_BERT))
+    space = build_search_space(model, "bert")
+    return SuperNet(model, space, build_relaxation("sigmoid", 0.0, 1e-3), ["classifier.weight", "classifier.bias"],
+                    rank=4)
+
+
+def test_the_speed_of_the_first_branch_matches_its_formula_on_the_embeddings() -> None:
+    net = tiny_supernet()
+    ids = torch.randint(5, 100, (3, 7))
+    mask = torch.ones(3, 7, dtype=torch.long)
+    mask[0, 4:] = 0  # padding is left out of the mean
+    speeds = branch_speeds(net, [{"input_ids": ids, "attention_mask": mask, "labels": torch.zeros(3)}])
+    name = "bert.encoder.layer.0.attention.self.query"
+    net.eval()
+    with torch.no_grad():
+        x = net.model.bert.embeddings(input_ids=ids)  # the input of layer 0's query
+        a, b = net.adapters[name].branch.lora_factors()
+        code = (x @ a.T).norm(dim=-1)
+    expected = math.sqrt(b.shape[0]) * float(code[mask.bool()].mean())
+    assert speeds[name] == pytest.approx(expected, rel=1e-5)
+    ffn_in = speeds["bert.encoder.layer.0.intermediate.dense"]
+    assert set(speeds) == set(net.adapters) and all(v > 0 for v in speeds.values()) and ffn_in != speeds[name]
+
+
+def test_balanced_groups_give_every_branch_the_same_lr_times_speed_and_the_head_the_base_lr() -> None:
+    net = tiny_supernet()
+    inner = net.named_weight_parameters()
+    speeds = {name: 1.0 + i for i, name in enumerate(net.adapters)}
+    groups = balanced_groups(net, inner, speeds, lr=1e-3)
+    assert len(groups) == len(net.adapters) + 1
+    covered = [id(p) for g in groups for p in g["params"]]
+    assert sorted(covered) == sorted(id(p) for p in inner.values())  # every weight exactly once
+    median = sorted(speeds.values())[len(speeds) // 2 - 1:len(speeds) // 2 + 1]
+    for group, (name, adapter) in zip(groups, net.adapters.items(), strict=False):
+        assert {id(p) for p in group["params"]} == {id(p) for p in adapter.branch.parameters()}
+        assert group["lr"] * speeds[name] == pytest.approx(1e-3 * sum(median) / 2)
+    head = groups[-1]
+    assert head["lr"] == 1e-3 and {id(p) for p in head["params"]} == {id(inner[n]) for n in inner if "classifier" in n}
+    with pytest.raises(ValueError, match="balance_lr=false"):
+        balanced_groups(net, inner, dict.fromkeys(speeds, 0.0), lr=1e-3)
+
+
+def test_a_search_with_balanced_rates_runs_and_moves_the_dam() -> None:
+    _, space, outcome = run_search(["bilevel.balance_lr=true"])
+    first, last = outcome.trajectory[0], outcome.trajectory[-1]
+    assert set(outcome.scores) == set(space.names) and last["dam"] != first["dam"]
