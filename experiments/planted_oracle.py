@@ -2,7 +2,8 @@
 
 Builds the planted task exactly as ``task=planted`` does (its defaults, or ``--pattern``), then trains LoRA (rank 8,
 AdamW 1e-3, batch 32, no dropout, the search's w-step) on each module set for ``--steps`` steps from the same start
-and prints the train loss (mean of the last 20 steps) and the dev agreement (mean per-output Pearson r):
+and prints the train loss (mean of the last 20 steps) and the dev agreement (mean per-output Pearson r); the
+head is drawn with ``--seed`` as in a run, so the sets of one call share one teacher:
 - ``S``: the planted set, which can fit the teacher exactly;
 - ``S with swaps``: S with modules replaced by ``--swap a:b`` pairs (names after ``bert.encoder.layer.``), e.g. the
   modules a search selected instead;
@@ -32,6 +33,7 @@ from nas.adapters.operators import inject_adapters  # noqa: E402
 from nas.engine.backbone import load_backbone  # noqa: E402
 from nas.engine.completions import model_inputs  # noqa: E402
 from nas.engine.data import prepare_planted_data  # noqa: E402
+from nas.engine.outputs import seed_everything  # noqa: E402
 from nas.engine.precision import autocast  # noqa: E402
 from nas.engine.training import forever, loss_for, make_loader  # noqa: E402
 from nas.search.loop import dropout_set  # noqa: E402
@@ -87,6 +89,7 @@ def main() -> None:
     args = parser.parse_args()
     spec = PlantedSpec(pattern=args.pattern, outputs=384, effect=0.1,
                        module_types=("value", "attention.output.dense", "output.dense"), layers=(1, 3, 5))
+    seed_everything(args.seed)  # the new head is drawn from torch's generator, as in a run
     backbone = load_backbone(args.model_path, spec.outputs, ["classifier"])
     model = backbone.model
     space = build_search_space(model, "auto")
