@@ -124,7 +124,9 @@ def relaxation_from(settings: SearchSettings) -> Relaxation:
 
 
 def shrunk_gates(hypergradient: HypergradientFn, supernet: SuperNet, shrink: float) -> HypergradientFn:
-    """The hypergradient taken with every gate at (1 − shrink)·γ (``bilevel.alpha_shrink``); w-steps see γ.
+    """The hypergradient taken with every gate at (1 − shrink)·γ (``bilevel.alpha_shrink``); w-steps see γ. The
+    whole α-step is shrunk (second order's unrolled step too), and so are the gate gradients that ``gate_saliency``
+    and ``fisher`` accumulate.
 
     Once the branches fit, γ and B are redundant scales and ∂L/∂γ ≈ 0 at γ: the α-step sees only what is still
     under-trained. At (1 − δ)·γ the loss is L(γ) − δγ ∂L/∂γ + ½ δ²γ² c with c = ∂²L/∂γ², so ∂L/∂γ there ≈ −δγ·c: every
