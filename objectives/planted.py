@@ -292,8 +292,7 @@ def recovery(selected: Sequence[str], planted: Sequence[str], order: Sequence[st
     method has no per-module score); ``by_criterion`` judges every recorded criterion's scores by their own
     top-|S| (precision@|S|) and their AUC, so criteria are compared on the same trained supernet, and, given
     ``module_types`` (name → type), by ``auc_within_type``: the AUC among modules of one type (which layers?),
-    averaged over types (:func:`grouped_auc`). ``missed`` (planted, not selected) and ``extra`` (selected, not
-    planted) name the run's own errors: which modules stood in for which.
+    averaged over types (:func:`grouped_auc`).
     """
     scores = dict(scores or {})
     truth = set(planted)
@@ -303,9 +302,7 @@ def recovery(selected: Sequence[str], planted: Sequence[str], order: Sequence[st
                               "auc": roc_auc(values, truth)}
         if module_types is not None:
             by_criterion[name]["auc_within_type"] = grouped_auc(values, truth, module_types)
-    chosen = set(selected)
     return {"precision": precision_at(selected, planted),
-            "missed": [n for n in planted if n not in chosen], "extra": [n for n in selected if n not in truth],
             "auc": roc_auc(scores[criterion], truth) if criterion in scores else None,
             "chance": len(planted) / len(order), "criterion": criterion, "planted": list(planted),
             "num_selected": len(selected), "by_criterion": by_criterion}

@@ -55,7 +55,8 @@ def test_balanced_groups_give_every_branch_the_same_lr_times_speed_and_the_head_
         assert {id(p) for p in group["params"]} == {id(p) for p in adapter.branch.parameters()}
         assert group["lr"] * speeds[name] == pytest.approx(1e-3 * sum(median) / 2)
     head = groups[-1]
-    assert head["lr"] == 1e-3 and {id(p) for p in head["params"]} == {id(inner[n]) for n in inner if "classifier" in n}
+    assert head["lr"] == 1e-3 and {id(p) for p in head["params"]} == {id(net.model.get_parameter(n))
+                                                                       for n in net.head_names}
     with pytest.raises(ValueError, match="balance_lr=false"):
         balanced_groups(net, inner, dict.fromkeys(speeds, 0.0), lr=1e-3)
 

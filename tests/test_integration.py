@@ -37,8 +37,6 @@ def test_planted_task_judges_every_method_against_the_planted_set(tmp_path: Path
     assert recovery["chance"] == 0.25 and recovery["planted"] == planted["modules"]
     selected = json.loads((tmp_path / "selection.json").read_text())["selected"]
     assert recovery["precision"] == len(set(selected) & set(planted["modules"])) / 9
-    assert set(recovery["missed"]) == set(planted["modules"]) - set(selected)
-    assert set(recovery["extra"]) == set(selected) - set(planted["modules"])
     if method == "lora":  # every module, no scores: precision 1, no AUC
         assert recovery["precision"] == 1.0 and recovery["auc"] is None
     else:

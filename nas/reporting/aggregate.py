@@ -212,7 +212,7 @@ def _most_common(counts: Counter[str]) -> list[tuple[str, int]]:
 
 def _stand_ins(done: Sequence[RunRecord]) -> StandIns | None:
     """Counts of missed planted modules and of the modules selected instead, over the seeds with both a recovery and
-    a selection; None without any."""
+    a selection (derived here from metrics.json's planted set and selection.json); None without any."""
     judged = [r for r in done if r.recovery is not None and r.selected is not None]
     if not judged:
         return None
