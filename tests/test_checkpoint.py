@@ -19,7 +19,8 @@ from nas.engine.checkpoint import Checkpointer, diff, identity
 from nas.errors import ConfigError
 
 ARGS = ["task=mrpc", "debug=smoke", "logger=none", "retrain.export_adapter=false", "checkpoint.every=3",
-        "bilevel.steps=9", "retrain.steps=9", "criterion.record=[dam,gate_saliency]"]  # gate statistics resume too
+        "bilevel.steps=9", "retrain.steps=9", "criterion.record=[dam,gate_saliency]",  # gate statistics resume too
+        "bilevel.prune_stages=2"]  # pruned after steps 3 and 6: the search's first checkpoint (step 3) holds one stage
 ENV = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0"}
 
 

@@ -36,6 +36,7 @@ from nas.search.criteria import (
 from nas.search.dam_optimizer import SharedAdam
 from nas.search.diagnostics import summarize_dam
 from nas.search.hypergradient import HYPERGRADIENTS, Batch, BilevelProblem, Hypergradient, HypergradientFn
+from nas.search.pruning import PruneRecord, keep_count, lowest, prune_schedule, rank_pruned
 from nas.search.regularizers import RegularizerContext, build_regularizer_loss
 from nas.search.relaxation import Relaxation, build_relaxation
 from nas.search.supernet import SuperNet
@@ -180,6 +181,18 @@ def dam_penalty(settings: SearchSettings, supernet: SuperNet, space: SearchSpace
     return penalty
 
 
+def prune(scoring: ScoringInput, criterion: str, record: PruneRecord, alive: int, settings: SearchSettings) -> None:
+    """Switch off the live modules that ``criterion`` scores lowest, leaving ``alive``; the survivors refit in the
+    steps that follow (nas/search/pruning.py)."""
+    net = scoring.supernet
+    with autocast(settings.device, settings.precision):
+        scores = score_stage("final", [criterion], scoring)[criterion]
+    net.train()
+    stage = lowest(scores, [name for name in net.space.names if name not in net.pruned], alive)
+    record.stages.append(stage)
+    net.pruned = record.pruned
+
+
 def search(settings: SearchSettings, backbone: Backbone, space: SearchSpace, data: TaskData, logger: Logger,
            budget_target: int | None = None, checkpoint: Checkpointer | None = None,
            parallel: Parallel = SINGLE) -> SearchOutcome:
@@ -230,6 +243,14 @@ def _search(settings: SearchSettings, supernet: SuperNet, backbone: Backbone, da
     names = criteria_to_score(settings.criterion.name, settings.criterion.record)
     gates = GateStatistics(supernet)
     scoring = ScoringInput(supernet, problem.loss_fn, fixed, int(settings.seed), gates)
+    schedule = {stage.step: stage.alive for stage in prune_schedule(
+        b.steps, len(space), keep_count(len(space), settings.target_fraction), b.prune_stages)}
+    if schedule and CRITERIA.get(settings.criterion.name).stage != "final":
+        raise ConfigError(f"bilevel.prune_stages={b.prune_stages} prunes by the driving criterion during the search, "
+                          f"and criterion={settings.criterion.name} scores only at init; use a criterion scored on "
+                          f"the searched supernet (dam, perturbation, gate_saliency, fisher, branch_norm) or "
+                          f"bilevel.prune_stages=0")
+    record = PruneRecord()
     with autocast(settings.device, settings.precision):
         criteria = score_stage("init", names, scoring)
     supernet.train()
@@ -244,7 +265,8 @@ def _search(settings: SearchSettings, supernet: SuperNet, backbone: Backbone, da
                 "alpha_optimizer": alpha_optimizer.state_dict(), "steps_done": bilevel.steps_done,
                 "sampler": None if relaxation.generator is None else relaxation.generator.get_state(),
                 "gates": {"saliency": gates.saliency.clone(), "squares": gates.squares.clone(), "steps": gates.steps},
-                "trajectory": trajectory, "wall_s": time.perf_counter() - start, "rng": rng_state()}
+                "trajectory": trajectory, "pruned": record.stages, "wall_s": time.perf_counter() - start,
+                "rng": rng_state()}
 
     first = 0
     saved = checkpoint.load("search") if checkpoint is not None else None
@@ -259,6 +281,8 @@ def _search(settings: SearchSettings, supernet: SuperNet, backbone: Backbone, da
         gates.saliency.copy_(saved["gates"]["saliency"])
         gates.squares.copy_(saved["gates"]["squares"])
         gates.steps = int(saved["gates"]["steps"])
+        record.stages[:] = saved.get("pruned", [])
+        supernet.pruned = record.pruned
         first = int(saved["step"]) + 1
         for _ in range(first):  # the loaders' own generators replay the batches already seen
             next(w_batches), next(a_batches)
@@ -273,12 +297,15 @@ def _search(settings: SearchSettings, supernet: SuperNet, backbone: Backbone, da
         check_step(step, stats, supernet.dam_logits.detach())
         if stats.alpha_loss is not None and supernet.gate_probe.grad is not None:
             gates.update(supernet.gate_probe.grad)
+        if step + 1 in schedule:
+            prune(scoring, settings.criterion.name, record, schedule[step + 1], settings)
         progress.set_postfix(w_loss=f"{stats.w_loss:.4f}")
         if step % b.log_every == 0 or step == b.steps - 1:
             scores = supernet.export_probs()
             summary = summarize_dam(scores)
             trajectory.append({"step": step, "dam": scores, "w_loss": stats.w_loss,
-                               "alpha_loss": stats.alpha_loss, "penalties": stats.penalties, **summary})
+                               "alpha_loss": stats.alpha_loss, "penalties": stats.penalties,
+                               "pruned": sorted(record.pruned), **summary})
             values = {"search/w_loss": stats.w_loss, "search/dam_entropy": summary["entropy"],
                       "search/dam_spread": summary["spread"], **{f"dam/{n}": v for n, v in scores.items()},
                       **{f"search/penalty/{n}": v for n, v in stats.penalties.items()}}
@@ -294,7 +321,8 @@ def _search(settings: SearchSettings, supernet: SuperNet, backbone: Backbone, da
                           f"(bilevel.steps={b.steps}, warmup_steps={b.warmup_steps}); give the search α-steps or "
                           f"use criterion=grad_norm or criterion=random")
     with autocast(settings.device, settings.precision):
-        criteria |= score_stage("final", names, scoring, searched=gates.steps > 0)
+        final = score_stage("final", names, scoring, searched=gates.steps > 0)
+    criteria |= {name: rank_pruned(scores, record) for name, scores in final.items()} if record.stages else final
     ordered = {name: normalize_scores(criteria[name], space, settings.criterion.normalize) for name in names
                if name in criteria}
     return SearchOutcome(supernet, supernet.export_probs(), ordered, trajectory, wall)

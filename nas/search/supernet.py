@@ -40,6 +40,7 @@ class SuperNet(nn.Module):
         self.gate_probe = torch.zeros(rows, cols, requires_grad=True)
         self.head_names = list(head_names)
         self.removed: set[str] = set()  # candidates whose branch is switched off (γ = 0), e.g. for perturbation
+        self.pruned: set[str] = set()  # switched off for the rest of the search (bilevel.prune_stages)
         self.gate_scale = 1.0  # multiplies every γ in forward (bilevel.alpha_shrink probes the α-loss at (1 − δ)·γ)
         for name in self.head_names:
             model.get_parameter(name).requires_grad_(True)
@@ -79,7 +80,8 @@ class SuperNet(nn.Module):
     def forward(self, **batch: torch.Tensor):
         matrix = self.relaxed_matrix() * self.gate_scale + self.gate_probe
         for (name, adapter), (row, col) in zip(self.adapters.items(), self._coordinates, strict=True):
-            adapter.gate = matrix[row, col] * 0.0 if name in self.removed else matrix[row, col]
+            off = name in self.removed or name in self.pruned
+            adapter.gate = matrix[row, col] * 0.0 if off else matrix[row, col]
         return self.model(**batch)
 
     def unwrap(self) -> dict[str, nn.Module]:
