@@ -139,7 +139,8 @@ class BilevelConfig:
     unrolled_lr: float | None = None  # ξ of unrolled_step=sgd; null: the w learning rate
     alpha_shrink: float = 0.0  # δ: α-steps take the hypergradient at (1 − δ)·γ (nas/search/loop.py: shrunk_gates)
     prune_stages: int = 0  # progressive pruning: at this many evenly spaced steps the lowest-scored live modules are
-    # switched off for the rest of the search, the live count shrinking geometrically toward ⌈ρN⌉ (nas/search/pruning.py)
+    # switched off for the rest of the search, the live count shrinking geometrically toward ⌈ρN⌉
+    # (nas/search/pruning.py)
     balance_lr: bool = False  # per-branch w learning rates that equalize how fast each branch moves its output
     # (nas/search/branch_speed.py); the head keeps w_optimizer.lr
     regularizers: dict[str, float] = field(default_factory=dict)  # DAM penalties by name → weight, e.g. entropy: 0.1

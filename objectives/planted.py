@@ -76,9 +76,11 @@ class PlantedSpec:
 
     @property
     def label(self) -> str:
-        """Names the planted problem in tables: ``planted-<pattern>-<target>`` and ``x<outputs>`` for a vector target
-        (one row per problem)."""
-        return f"planted-{self.pattern}-{self.target}" + (f"x{self.outputs}" if self.outputs > 1 else "")
+        """Names the planted problem in tables (one row per problem): ``planted-<pattern>-<target>``, ``x<outputs>`` for
+        a vector target, then how strongly it is planted, ``-effect<e>`` or (planting by weight norm) ``-size<s>``, so
+        that an effect-size sweep gives one row per effect."""
+        strength = f"-effect{self.effect:g}" if self.effect is not None else f"-size{self.size:g}"
+        return f"planted-{self.pattern}-{self.target}" + (f"x{self.outputs}" if self.outputs > 1 else "") + strength
 
     def task(self) -> GlueTask:
         """The student's task: the source's text fields, ``outputs`` regression outputs or two classes."""

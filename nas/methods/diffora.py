@@ -63,5 +63,5 @@ class DiffoRA(Method):
         prepared.scores, prepared.criterion = outcome.criteria, criterion
         prepared.variant.update(relaxation=cfg.relaxation.name, discretizer=cfg.discretizer.name, criterion=criterion,
                                 rho=cfg.discretizer.rho, hypergradient=cfg.bilevel.hypergradient,
-                                retrain_init=cfg.retrain.init)
+                                retrain_init=cfg.retrain.init, prune_stages=int(cfg.bilevel.prune_stages))
         return prepared

@@ -15,7 +15,8 @@ import yaml
 Status = Literal["finished", "failed", "unfinished"]
 # Variant keys looked up in .hydra/config.yaml for a run without metrics.json when no finished run of the
 # same (task, method) says which keys it has.
-DEFAULT_VARIANT_KEYS = ("relaxation", "discretizer", "rho", "hypergradient", "retrain_init", "operator", "rank")
+DEFAULT_VARIANT_KEYS = ("relaxation", "discretizer", "rho", "hypergradient", "retrain_init", "prune_stages", "operator",
+                        "rank")
 MISSING = "?"
 
 
