@@ -305,6 +305,7 @@ def test_paired_differences_against_random(tmp_path: Path) -> None:
     assert section[4].startswith("| diffora | rank=4 | 3 | +0.063 | 0.015 | [+0.050, +0.080] |")
     assert section[5].startswith("| diffora | rank=8 | 2 | +0.025 |")
     assert "Paired differences vs random: skipped (no finished random run with a seed on rte" in markdown
+    assert "recovery precision" not in markdown  # no run recorded recovery: no paired recovery section
 
 
 def test_reference_option_and_ambiguous_reference(tmp_path: Path) -> None:
@@ -367,6 +368,31 @@ def test_recovery_columns_and_table(tmp_path: Path) -> None:
         row = next(r for r in csv.DictReader(handle) if r["task"] == "planted" and r["method"] == "diffora")
     assert float(row["recovery_precision_mean"]) == pytest.approx(0.75) and row["recovery_n"] == "2"
     assert float(row["recovery_auc_std"]) == pytest.approx(0.1414214) and float(row["recovery_chance"]) == 0.25
+
+
+def test_search_variants_are_paired_on_recovery_precision(tmp_path: Path) -> None:
+    """A planted sweep of two search variants: their recovery precision is paired seed by seed against the one named
+    as reference, in summary.md and in paired.csv (main_metric 'recovery precision'), beside the paired scores."""
+    precisions = {0: (4 / 9, 6 / 9), 1: (5 / 9, 6 / 9), 2: (5 / 9, 8 / 9)}  # seed: (prune_stages=0, prune_stages=2)
+    for seed, pair in precisions.items():
+        for stages, precision in zip((0, 2), pair, strict=True):
+            recovery = RECOVERY | {"precision": precision, "by_criterion": {"dam": {"precision": precision,
+                                                                                   "auc": 0.8}}}
+            write_run(tmp_path / f"p{stages}_s{seed}", task="planted-grid", seed=seed, score=0.9 + 0.01 * stages,
+                      variant={"prune_stages": stages}, recovery=recovery)
+    paths = aggregate(tmp_path, tmp_path / "out", reference="diffora", reference_label="prune_stages=0")
+    with paths["paired_csv"].open() as handle:
+        rows = {row["main_metric"]: row for row in csv.DictReader(handle)}
+    assert set(rows) == {"accuracy", "recovery precision"}
+    row = rows["recovery precision"]
+    assert (row["label"], row["reference_label"], row["n"]) == ("prune_stages=2", "prune_stages=0", "3")
+    assert float(row["mean_diff"]) == pytest.approx(np.mean([2 / 9, 1 / 9, 3 / 9]))
+    assert float(row["wilcoxon_pvalue"]) == pytest.approx(0.25)
+    assert float(rows["accuracy"]["mean_diff"]) == pytest.approx(0.02)
+    markdown = paths["summary_md"].read_text()
+    assert ("Paired differences in recovery precision vs diffora (prune_stages=0): d = row's recovery precision − "
+            "diffora's recovery precision") in markdown
+    assert "| diffora | prune_stages=2 | 3 | +0.222 |" in markdown
 
 
 def test_a_seed_run_twice_is_averaged_with_a_warning(tmp_path: Path) -> None:

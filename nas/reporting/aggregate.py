@@ -259,12 +259,18 @@ def summarize(runs: Sequence[RunRecord]) -> list[GroupSummary]:
     return summaries
 
 
-def _scores_by_seed(runs: Sequence[RunRecord], where: str) -> dict[Any, float]:
-    """Seed → score of the finished runs with a seed; a seed run twice is averaged (with a warning)."""
+PAIRED_QUANTITIES = {"score": lambda r: r.score,
+                     "recovery precision": lambda r: r.recovery.precision if r.recovery is not None else None}
+
+
+def _scores_by_seed(runs: Sequence[RunRecord], where: str, quantity: str = "score") -> dict[Any, float]:
+    """Seed → ``quantity`` (PAIRED_QUANTITIES) of the finished runs with a seed and that quantity; a seed run twice is
+    averaged (with a warning)."""
+    value = PAIRED_QUANTITIES[quantity]
     scores: dict[Any, list[float]] = defaultdict(list)
     for r in runs:
-        if r.status == "finished" and r.score is not None and r.seed is not None:
-            scores[r.seed].append(r.score)
+        if r.status == "finished" and value(r) is not None and r.seed is not None:
+            scores[r.seed].append(float(value(r)))
     for seed, values in scores.items():
         if len(values) > 1:
             warnings.warn(f"{where}: seed {seed} has {len(values)} finished runs; their mean score is paired",
@@ -273,12 +279,19 @@ def _scores_by_seed(runs: Sequence[RunRecord], where: str) -> dict[Any, float]:
 
 
 def paired_differences(runs: Sequence[RunRecord], reference: str = DEFAULT_REFERENCE,
-                       reference_label: str | None = None) -> PairedReport:
+                       reference_label: str | None = None, quantity: str = "score") -> PairedReport:
     """Per task, every (method, label) row against the ``reference`` method's row, seed by seed (runs sharing a
-    seed share data order and split): ``nas.reporting.statistics.paired_comparisons`` on the finished runs' scores."""
-    rows = {key: _scores_by_seed([runs[i] for i in indices], " ".join(key).rstrip())
+    seed share data order and split): ``nas.reporting.statistics.paired_comparisons`` on the finished runs' scores,
+    or with ``quantity="recovery precision"`` on the planted runs' recovery precision (tasks without recovery are
+    left out)."""
+    if quantity not in PAIRED_QUANTITIES:
+        raise ValueError(f"quantity={quantity!r} is unknown; choose one of: {', '.join(PAIRED_QUANTITIES)}")
+    rows = {key: _scores_by_seed([runs[i] for i in indices], " ".join(key).rstrip(), quantity)
             for key, indices in _groups(runs).items()}
-    return paired_comparisons({key: scores for key, scores in rows.items() if scores}, reference, reference_label)
+    if quantity != "score":
+        rows = {key: v for key, v in rows.items() if any(runs[i].recovery is not None for i in _groups(runs)[key])}
+    return paired_comparisons({key: scores for key, scores in rows.items() if scores}, reference, reference_label,
+                              quantity)
 
 
 __all__ = ["AggregateWarning", "GroupSummary", "PairedComparison", "PairedReport", "Recovery", "RecoverySummary",
@@ -288,12 +301,15 @@ __all__ = ["AggregateWarning", "GroupSummary", "PairedComparison", "PairedReport
 
 def aggregate(sweep_dir: str | Path, out_dir: str | Path | None = None, *, reference: str = DEFAULT_REFERENCE,
               reference_label: str | None = None) -> dict[str, Path]:
-    """load_runs → summarize and paired_differences → tables and plot in ``out_dir`` (default
-    ``<sweep_dir>/aggregate``): runs.csv, summary.csv, summary.md, paired.csv and summary.png."""
+    """load_runs → summarize and paired_differences (of the scores and, where runs recorded recovery, of the recovery
+    precision) → tables and plot in ``out_dir`` (default ``<sweep_dir>/aggregate``): runs.csv, summary.csv,
+    summary.md, paired.csv and summary.png."""
     runs = load_runs(sweep_dir)
     summaries = summarize(runs)
     paired = paired_differences(runs, reference, reference_label)
+    planted = any(r.recovery is not None for r in runs)
+    recovery = paired_differences(runs, reference, reference_label, "recovery precision") if planted else None
     out = Path(out_dir) if out_dir is not None else Path(sweep_dir).expanduser() / "aggregate"
-    paths = write_tables(summaries, runs, out, paired)
+    paths = write_tables(summaries, runs, out, paired, recovery)
     paths["summary_png"] = plot_summary(summaries, out / "summary.png")
     return paths

@@ -85,10 +85,11 @@ def _recovery_cells(g: GroupSummary) -> list[str]:
     return [format_pm(*r.precision), format_pm(*r.auc), "—" if r.chance is None else f"{r.chance:.3f}"]
 
 
-def to_markdown(summaries: Sequence[GroupSummary], paired: PairedReport | None = None) -> str:
+def to_markdown(summaries: Sequence[GroupSummary], paired: PairedReport | None = None,
+                paired_recovery: PairedReport | None = None) -> str:
     """Per task: a table with rows by method then label and the majority-class baseline above it; recovery columns
-    and a recovery-by-criterion table where a run recorded recovery; the two-factor grids; and, given ``paired``,
-    the paired differences against its reference."""
+    and a recovery-by-criterion table where a run recorded recovery; the two-factor grids; and, given ``paired``
+    (and ``paired_recovery``, of the recovery precision), the paired differences against its reference."""
     lines: list[str] = []
     for task, groups in _by_task(summaries):
         main, baseline = _task_main(groups)
@@ -110,8 +111,9 @@ def to_markdown(summaries: Sequence[GroupSummary], paired: PairedReport | None =
         lines += recovery_by_criterion(groups)
         lines += stand_ins(groups)
         lines += to_grids(groups)
-        if paired is not None:
-            lines += paired_section(task, main, paired)
+        for report in (paired, paired_recovery):
+            if report is not None and (report is paired or any(g.recovery is not None for g in groups)):
+                lines += paired_section(task, main, report)
         problems = [p for g in groups for p in g.not_finished]
         if problems:
             lines += ["", "Not finished:", *(f"- `{p}`" for p in problems)]
@@ -184,13 +186,15 @@ def recovery_by_criterion(groups: Sequence[GroupSummary]) -> list[str]:
 
 def paired_section(task: str, main: str, paired: PairedReport) -> list[str]:
     """The task's paired differences against ``paired.reference``, or the note saying why there are none."""
+    what = main if paired.quantity == "score" else paired.quantity
+    title = "Paired differences" + ("" if paired.quantity == "score" else f" in {paired.quantity}")
     if task in paired.notes:
-        return ["", f"Paired differences vs {paired.reference}: skipped ({paired.notes[task]})."]
+        return ["", f"{title} vs {paired.reference}: skipped ({paired.notes[task]})."]
     comparisons = [c for c in paired.comparisons if c.task == task]
     if not comparisons:
         return []
     ref = paired.reference + (f" ({comparisons[0].reference_label})" if comparisons[0].reference_label else "")
-    caption = (f"Paired differences vs {ref}: d = row's {main} − {paired.reference}'s {main}, seed by seed over "
+    caption = (f"{title} vs {ref}: d = row's {what} − {paired.reference}'s {what}, seed by seed over "
                f"the seeds both ran; 95% CI: percentile bootstrap of mean d ({BOOTSTRAP_RESAMPLES:,} resamples); "
                "p two-sided (with n pairs the smallest Wilcoxon p is 2/2^n)")
     rows = [[c.method, _variant(c.label), str(c.test.n), _signed(c.test.mean),
@@ -255,10 +259,11 @@ RECOVERY_HEADER = ["recovery_n", "recovery_precision_mean", "recovery_precision_
 
 
 def write_tables(summaries: Sequence[GroupSummary], runs: Sequence[RunRecord], out_dir: str | Path,
-                 paired: PairedReport | None = None) -> dict[str, Path]:
+                 paired: PairedReport | None = None, recovery: PairedReport | None = None) -> dict[str, Path]:
     """runs.csv (finished runs), summary.csv and summary.md into ``out_dir``, and paired.csv given ``paired``
-    (one row per comparison, d = row − reference); returns their paths. summary.csv has the recovery columns
-    only when some run recorded recovery."""
+    (one row per comparison, d = row − reference; then ``recovery``'s rows, whose main_metric is
+    ``recovery precision``); returns their paths. summary.csv has the recovery columns only when some run recorded
+    recovery."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     done = [r for r in runs if r.status == "finished"]
@@ -289,14 +294,16 @@ def write_tables(summaries: Sequence[GroupSummary], runs: Sequence[RunRecord], o
                       "trainable_params", "effective_params", "wall_s_median", "selection_stability",
                       "jaccard_chance", *(RECOVERY_HEADER if any(g.recovery for g in summaries) else []), "failed",
                       "unfinished", *(f"variant/{k}" for k in keys)]
-    (out / "summary.md").write_text(to_markdown(summaries, paired))
+    (out / "summary.md").write_text(to_markdown(summaries, paired, recovery))
     paths = {"runs_csv": _write_csv(out / "runs.csv", run_header, run_rows),
              "summary_csv": _write_csv(out / "summary.csv", summary_header, summary_rows),
              "summary_md": out / "summary.md"}
     if paired is not None:
         mains = {(g.task, g.method, g.label): g.main_metric for g in summaries}
-        paths["paired_csv"] = _write_csv(out / "paired.csv", PAIRED_HEADER,
-                                         [_paired_row(c, mains) for c in paired.comparisons])
+        rows = [_paired_row(c, mains) for c in paired.comparisons]
+        if recovery is not None:
+            rows += [_paired_row(c, {}) | {"main_metric": recovery.quantity} for c in recovery.comparisons]
+        paths["paired_csv"] = _write_csv(out / "paired.csv", PAIRED_HEADER, rows)
     return paths
 
 

@@ -53,11 +53,13 @@ class PairedComparison:
 
 @dataclass
 class PairedReport:
-    """Every comparison against the ``reference`` method and, per task skipped, why (``notes``)."""
+    """Every comparison against the ``reference`` method and, per task skipped, why (``notes``). ``quantity`` names
+    what was paired: ``score`` (each run's main metric) or ``recovery precision`` (planted tasks)."""
 
     reference: str
     comparisons: list[PairedComparison] = field(default_factory=list)
     notes: dict[str, str] = field(default_factory=dict)
+    quantity: str = "score"
 
 
 def mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None]:
@@ -211,22 +213,23 @@ def _reference_label(task: str, reference: str, labels: Sequence[str], reference
 
 
 def paired_comparisons(rows: Mapping[tuple[str, str, str], Mapping[Hashable, float]], reference: str,
-                       reference_label: str | None = None) -> PairedReport:
+                       reference_label: str | None = None, quantity: str = "score") -> PairedReport:
     """``rows`` maps (task, method, label) to {seed: score}; each row is compared with its task's reference row
     on the seeds S both ran: d_s = score_s − reference_score_s for s ∈ S, tested by ``paired_test``.
 
     The reference row is the ``reference`` method's row of the task; when that method has several rows there,
     ``reference_label`` names it (and is not used elsewhere), else ConfigError. A task without a reference row
-    is skipped with a note. Rows without a shared seed are kept with n = 0.
+    is skipped with a note. Rows without a shared seed are kept with n = 0. ``quantity`` names the paired values.
     """
-    report = PairedReport(reference=reference)
+    report = PairedReport(reference=reference, quantity=quantity)
     tasks: dict[str, list[tuple[str, str]]] = {}
     for task, method, label in sorted(rows):
         tasks.setdefault(task, []).append((method, label))
     for task, keys in tasks.items():
         labels = [label for method, label in keys if method == reference]
         if not labels:
-            report.notes[task] = f"no finished {reference} run with a seed on {task}, so no paired comparison"
+            what = "" if quantity == "score" else f" and a {quantity}"
+            report.notes[task] = f"no finished {reference} run with a seed{what} on {task}, so no paired comparison"
             continue
         ref_label = _reference_label(task, reference, labels, reference_label)
         ref = rows[(task, reference, ref_label)]
