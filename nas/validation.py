@@ -90,6 +90,10 @@ def validate_run_config(cfg: Any) -> None:
            f"bilevel.alpha_shrink={cfg.bilevel.alpha_shrink} must be in [0, 1): the α-steps see (1 − δ)·γ")
     _check(cfg.bilevel.prune_stages >= 0,
            f"bilevel.prune_stages={cfg.bilevel.prune_stages} must be >= 0 (0 turns pruning off)")
+    _check(cfg.bilevel.prune_stages == 0 or cfg.discretizer.name == "global_topk",
+           f"bilevel.prune_stages={cfg.bilevel.prune_stages} prunes toward the ⌈ρN⌉ modules that global_topk keeps, "
+           f"and discretizer={cfg.discretizer.name} could select pruned modules; use discretizer=global_topk or "
+           f"bilevel.prune_stages=0")
     _check(cfg.bilevel.dropout is None or 0.0 <= cfg.bilevel.dropout < 1.0,
            f"bilevel.dropout={cfg.bilevel.dropout} must be in [0, 1), or null to search with model.dropout and "
            f"space.dropout")

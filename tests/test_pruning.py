@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import compose_run
 from test_search_options import run_search
 
 from nas.errors import ConfigError
 from nas.search.pruning import PruneRecord, PruneStage, keep_count, lowest, prune_schedule, rank_pruned
+from nas.validation import validate_run_config
 
 
 @pytest.mark.parametrize(("steps", "candidates", "keep", "stages", "expected"), [
@@ -75,3 +77,13 @@ def test_a_search_with_pruning_switches_branches_off_and_ranks_them_last() -> No
 def test_pruning_by_a_criterion_scored_at_init_is_refused() -> None:
     with pytest.raises(ConfigError, match="criterion=grad_norm scores only at init"):
         run_search(["bilevel.steps=9", "bilevel.prune_stages=2", "criterion=grad_norm"])
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["bilevel.prune_stages=-1"], "bilevel.prune_stages=-1 must be >= 0"),
+    (["bilevel.prune_stages=2", "discretizer=threshold"], "discretizer=threshold could select pruned modules; use "
+                                                          "discretizer=global_topk"),
+])
+def test_a_bad_pruning_config_is_refused_with_the_fix(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        validate_run_config(compose_run(overrides))
