@@ -9,7 +9,8 @@ from conftest import compose_run
 from test_search_options import run_search
 
 from nas.errors import ConfigError
-from nas.search.pruning import PruneRecord, PruneStage, keep_count, lowest, prune_schedule, rank_pruned
+from nas.search.discretizer import keep_count
+from nas.search.pruning import PruneRecord, PruneStage, lowest, prune_schedule, rank_pruned
 from nas.validation import validate_run_config
 
 
@@ -35,10 +36,6 @@ def test_a_schedule_that_cannot_run_is_refused_with_the_fix(args: tuple[int, int
         prune_schedule(*args)
 
 
-def test_keep_count_is_the_ceiling_of_rho_n() -> None:
-    assert [keep_count(36, rho) for rho in (0.25, 0.5, 0.26, 0.01)] == [9, 18, 10, 1]
-
-
 def test_lowest_returns_the_lowest_live_modules_with_their_scores() -> None:
     scores = {"a": 0.3, "b": 0.1, "c": 0.5, "d": 0.2, "e": 0.0}
     assert lowest(scores, ["a", "b", "c", "d"], 2) == {"b": 0.1, "d": 0.2}  # e is not live
@@ -57,7 +54,7 @@ def test_pruned_modules_rank_below_every_survivor_in_stage_order() -> None:
 def test_a_search_with_pruning_switches_branches_off_and_ranks_them_last() -> None:
     cfg, space, outcome = run_search(["bilevel.steps=9", "bilevel.prune_stages=2", "discretizer.rho=0.25",
                                       "criterion.record=[dam,gate_saliency,perturbation,grad_norm]"])
-    net, schedule = outcome.supernet, prune_schedule(9, len(space), keep_count(len(space), 0.25), 2)
+    net, schedule = outcome.supernet, prune_schedule(9, len(space), keep_count(0.25, len(space)), 2)
     pruned = set(outcome.trajectory[-1]["pruned"])
     assert len(pruned) == len(space) - schedule[-1].alive == 7 and net.pruned == pruned
     first = {entry["step"]: set(entry["pruned"]) for entry in outcome.trajectory}

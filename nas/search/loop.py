@@ -35,8 +35,9 @@ from nas.search.criteria import (
 )
 from nas.search.dam_optimizer import SharedAdam
 from nas.search.diagnostics import summarize_dam
+from nas.search.discretizer import keep_count
 from nas.search.hypergradient import HYPERGRADIENTS, Batch, BilevelProblem, Hypergradient, HypergradientFn
-from nas.search.pruning import PruneRecord, keep_count, lowest, prune_schedule, rank_pruned
+from nas.search.pruning import PruneRecord, lowest, prune_schedule, rank_pruned
 from nas.search.regularizers import RegularizerContext, build_regularizer_loss
 from nas.search.relaxation import Relaxation, build_relaxation
 from nas.search.supernet import SuperNet
@@ -244,7 +245,7 @@ def _search(settings: SearchSettings, supernet: SuperNet, backbone: Backbone, da
     gates = GateStatistics(supernet)
     scoring = ScoringInput(supernet, problem.loss_fn, fixed, int(settings.seed), gates)
     schedule = {stage.step: stage.alive for stage in prune_schedule(
-        b.steps, len(space), keep_count(len(space), settings.target_fraction), b.prune_stages)}
+        b.steps, len(space), keep_count(settings.target_fraction, len(space)), b.prune_stages)}
     if schedule and CRITERIA.get(settings.criterion.name).stage != "final":
         raise ConfigError(f"bilevel.prune_stages={b.prune_stages} prunes by the driving criterion during the search, "
                           f"and criterion={settings.criterion.name} scores only at init; use a criterion scored on "

@@ -18,7 +18,6 @@ recovery figure then judges the whole procedure, not only its last segment.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -71,11 +70,6 @@ def prune_schedule(steps: int, candidates: int, keep: int, stages: int) -> list[
         schedule.append(PruneStage(step=steps * i // (stages + 1), alive=alive))
         previous = alive
     return schedule
-
-
-def keep_count(candidates: int, rho: float) -> int:
-    """K = ⌈ρ·N⌉ (at least 1): the modules pruning must leave for the discretizer."""
-    return max(1, math.ceil(rho * candidates - 1e-9))
 
 
 def lowest(scores: Mapping[str, float], live: Sequence[str], alive: int) -> Scores:
