@@ -69,7 +69,7 @@ class PlantedTaskConfig(TaskConfig):
     target: str = "regression"  # regression (the teacher's outputs) | classification (its argmax class)
     planted_seed: int = 0  # draws S (random pattern) and the deltas; fixed across run seeds by default
     outputs: int = 384  # regression: the teacher's head has this many outputs, all of them targets (a vector target)
-    effect: float | None = 0.1  # each planted delta alone moves the outputs by effect·std (null: by task.size)
+    effect: float | None = 0.05  # each planted delta alone moves the outputs by effect·std (null: by task.size)
 
 
 @dataclass
