@@ -22,6 +22,7 @@ from nas.reporting.statistics import paired_test  # noqa: E402
 
 RUNS = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent / "runs"
 CRITERIA = ["dam", "perturbation", "gate_saliency", "fisher", "grad_norm", "branch_norm", "random"]
+REFERENCE = {"WD05": "E05"}  # variants planted at task.effect=0.05 pair with E05; the others with D (0.1)
 TWIN = {"attention.self.query": "attention.self.key", "attention.self.key": "attention.self.query",
         "attention.self.value": "attention.output.dense", "attention.output.dense": "attention.self.value",
         "intermediate.dense": "output.dense", "output.dense": "intermediate.dense"}
@@ -55,20 +56,36 @@ def main() -> None:
             cells.append(f"{statistics.mean(v['precision'] for v in values):.2f} / "
                          f"{statistics.mean(v['auc'] for v in values):.2f}")
         print(f"| {variant} | {pattern} | {len(members)} | " + " | ".join(cells) + " |")
-    print("\nPaired precision of each variant's driving criterion against the same criterion in D, over (pattern, "
-          "seed):\n")
-    print("| variant | criterion | pairs | mean d | 95% CI | Wilcoxon p | d per pair |")
+    print("\nPaired precision of each variant's driving criterion against the same criterion in its reference (D, or "
+          "E05 for variants planted at 0.05), over (pattern, seed):\n")
+    print("| variant − reference | criterion | pairs | mean d | 95% CI | Wilcoxon p | d per pair |")
     print("|---|---|---:|---:|---|---:|---|")
     for variant in sorted({v for v, _, _ in runs} - {"D"}):
-        keys = sorted((p, s) for v, p, s in runs if v == variant and ("D", p, s) in runs)
+        base = REFERENCE.get(variant, "D")
+        keys = sorted((p, s) for v, p, s in runs if v == variant and (base, p, s) in runs)
+        if not keys:
+            continue
         driving = runs[(variant, *keys[0])]["metrics"]["recovery"]["criterion"]
         x = [runs[(variant, p, s)]["metrics"]["recovery"]["by_criterion"][driving]["precision"] for p, s in keys]
-        y = [runs[("D", p, s)]["metrics"]["recovery"]["by_criterion"][driving]["precision"] for p, s in keys]
+        y = [runs[(base, p, s)]["metrics"]["recovery"]["by_criterion"][driving]["precision"] for p, s in keys]
         test = paired_test(x, y)
         ci = "—" if test.ci is None else f"[{test.ci[0]:+.2f}, {test.ci[1]:+.2f}]"
         p_value = "—" if test.wilcoxon_pvalue is None else f"{test.wilcoxon_pvalue:.2f}"
         diffs = ", ".join(f"{a - b:+.2f}" for a, b in zip(x, y, strict=True))
-        print(f"| {variant} | {driving} | {test.n} | {test.mean:+.3f} | {ci} | {p_value} | {diffs} |")
+        print(f"| {variant} − {base} | {driving} | {test.n} | {test.mean:+.3f} | {ci} | {p_value} | {diffs} |")
+    print("\nPlanting strength (E05: task.effect=0.05, E2: 0.2) against D (0.1), paired over (pattern, seed), per "
+          "criterion:\n")
+    print("| variant | criterion | pairs | mean d | Wilcoxon p | d per pair |")
+    print("|---|---|---:|---:|---:|---|")
+    for variant in ("E05", "E2"):
+        keys = sorted((p, s) for v, p, s in runs if v == variant and ("D", p, s) in runs)
+        for c in ("dam", "perturbation", "gate_saliency"):
+            x = [runs[(variant, p, s)]["metrics"]["recovery"]["by_criterion"][c]["precision"] for p, s in keys]
+            y = [runs[("D", p, s)]["metrics"]["recovery"]["by_criterion"][c]["precision"] for p, s in keys]
+            test = paired_test(x, y)
+            p_value = "—" if test.wilcoxon_pvalue is None else f"{test.wilcoxon_pvalue:.3f}"
+            diffs = ", ".join(f"{a - b:+.2f}" for a, b in zip(x, y, strict=True))
+            print(f"| {variant} | {c} | {test.n} | {test.mean:+.3f} | {p_value} | {diffs} |")
     print("\nExtra selections (selected, not planted) of D, by where they sit:\n")
     print("| criterion | pattern | extras | same-layer twin of a planted module | same type, adjacent layer | other |")
     print("|---|---|---:|---:|---:|---:|")

@@ -7,7 +7,7 @@
 #   p2  (pruning by the DAM):       run.sh p2  {grid,random} {0,1,2} bilevel.prune_stages=2
 #   PP  (pruning by removal):       run.sh PP  {grid,random} 0 bilevel.prune_stages=2 criterion=perturbation
 #   E05, E2 (planting strength):    run.sh E05 {grid,random} {0,1,2} task.effect=0.05   (E2: task.effect=0.2)
-#   WD  (w weight decay):           run.sh WD  {grid,random} {0,1,2} bilevel.w_optimizer.weight_decay=1.0
+#   WD05 (w weight decay, at 0.05): run.sh WD05 {grid,random} {0,1,2} task.effect=0.05 bilevel.w_optimizer.weight_decay=1.0
 tag=$1; pattern=$2; seed=$3; shift 3
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled
 out=experiments/results/planted_prune_cpu/runs/${tag}_${pattern}_s${seed}
