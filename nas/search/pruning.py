@@ -11,9 +11,14 @@ supernet", for whole LoRA branches). The live count shrinks geometrically from N
 so every stage removes the same fraction and the last segment still ranks more than K modules; the discretizer keeps
 K of the survivors from the final scores.
 
-Every criterion's final scores rank the pruned modules below every survivor, the earliest pruned lowest, and within
-one stage in the order of the driving criterion's scores at that stage (:func:`rank_pruned`): a selection or a
-recovery figure then judges the whole procedure, not only its last segment.
+The final scores of every criterion scored on the searched supernet rank the pruned modules below every survivor,
+the earliest pruned lowest, and within one stage in the order of the driving criterion's scores at that stage
+(:func:`rank_pruned`): a selection or a recovery figure then judges the whole procedure, not only its last segment.
+Criteria scored at init (``grad_norm``, ``random``) are left as they were.
+
+Measured on the planted task (2 CPU cores, 3 seeds, 2 patterns; README), pruning by the DAM does not raise its
+precision (−0.04 over six pairs): the DAM ranks some planted modules low from the first steps, and pruning makes that
+final. It stays an option, off by default.
 """
 
 from __future__ import annotations
