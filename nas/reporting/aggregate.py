@@ -269,8 +269,9 @@ def _scores_by_seed(runs: Sequence[RunRecord], where: str, quantity: str = "scor
     value = PAIRED_QUANTITIES[quantity]
     scores: dict[Any, list[float]] = defaultdict(list)
     for r in runs:
-        if r.status == "finished" and value(r) is not None and r.seed is not None:
-            scores[r.seed].append(float(value(r)))
+        x = value(r) if r.status == "finished" and r.seed is not None else None
+        if x is not None:
+            scores[r.seed].append(float(x))
     for seed, values in scores.items():
         if len(values) > 1:
             warnings.warn(f"{where}: seed {seed} has {len(values)} finished runs; their mean score is paired",
@@ -282,14 +283,12 @@ def paired_differences(runs: Sequence[RunRecord], reference: str = DEFAULT_REFER
                        reference_label: str | None = None, quantity: str = "score") -> PairedReport:
     """Per task, every (method, label) row against the ``reference`` method's row, seed by seed (runs sharing a
     seed share data order and split): ``nas.reporting.statistics.paired_comparisons`` on the finished runs' scores,
-    or with ``quantity="recovery precision"`` on the planted runs' recovery precision (tasks without recovery are
-    left out)."""
+    or with ``quantity="recovery precision"`` on the planted runs' recovery precision (rows without recovery have no
+    values and are left out)."""
     if quantity not in PAIRED_QUANTITIES:
         raise ValueError(f"quantity={quantity!r} is unknown; choose one of: {', '.join(PAIRED_QUANTITIES)}")
     rows = {key: _scores_by_seed([runs[i] for i in indices], " ".join(key).rstrip(), quantity)
             for key, indices in _groups(runs).items()}
-    if quantity != "score":
-        rows = {key: v for key, v in rows.items() if any(runs[i].recovery is not None for i in _groups(runs)[key])}
     return paired_comparisons({key: scores for key, scores in rows.items() if scores}, reference, reference_label,
                               quantity)
 
@@ -307,8 +306,7 @@ def aggregate(sweep_dir: str | Path, out_dir: str | Path | None = None, *, refer
     runs = load_runs(sweep_dir)
     summaries = summarize(runs)
     paired = paired_differences(runs, reference, reference_label)
-    planted = any(r.recovery is not None for r in runs)
-    recovery = paired_differences(runs, reference, reference_label, "recovery precision") if planted else None
+    recovery = paired_differences(runs, reference, reference_label, "recovery precision")
     out = Path(out_dir) if out_dir is not None else Path(sweep_dir).expanduser() / "aggregate"
     paths = write_tables(summaries, runs, out, paired, recovery)
     paths["summary_png"] = plot_summary(summaries, out / "summary.png")

@@ -112,7 +112,7 @@ def to_markdown(summaries: Sequence[GroupSummary], paired: PairedReport | None =
         lines += stand_ins(groups)
         lines += to_grids(groups)
         for report in (paired, paired_recovery):
-            if report is not None and (report is paired or any(g.recovery is not None for g in groups)):
+            if report is not None:  # a recovery report holds only tasks with recovery
                 lines += paired_section(task, main, report)
         problems = [p for g in groups for p in g.not_finished]
         if problems:

@@ -188,7 +188,6 @@ def prune(scoring: ScoringInput, criterion: str, record: PruneRecord, alive: int
     net = scoring.supernet
     with autocast(settings.device, settings.precision):
         scores = score_stage("final", [criterion], scoring)[criterion]
-    net.train()
     stage = lowest(scores, [name for name in net.space.names if name not in net.pruned], alive)
     record.stages.append(stage)
     net.pruned = record.pruned
