@@ -141,6 +141,8 @@ class BilevelConfig:
     prune_stages: int = 0  # progressive pruning: at this many evenly spaced steps the lowest-scored live modules are
     # switched off for the rest of the search, the live count shrinking geometrically toward ⌈ρN⌉
     # (nas/search/pruning.py)
+    branch_size: float | None = None  # τ: during the search every LoRA branch is rescaled to ‖ΔW‖_F = τ·‖W₀‖_F, so
+    # that γ alone sets how large it is (DARTS's affine-free ops); B starts non-zero (nas/search/supernet.py). null: off
     balance_lr: bool = False  # per-branch w learning rates that equalize how fast each branch moves its output
     # (nas/search/branch_speed.py); the head keeps w_optimizer.lr
     regularizers: dict[str, float] = field(default_factory=dict)  # DAM penalties by name → weight, e.g. entropy: 0.1

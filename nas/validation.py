@@ -88,6 +88,13 @@ def validate_run_config(cfg: Any) -> None:
     _check(0.0 <= cfg.space.dropout < 1.0, f"space.dropout={cfg.space.dropout} must be in [0, 1)")
     _check(0.0 <= cfg.bilevel.alpha_shrink < 1.0,
            f"bilevel.alpha_shrink={cfg.bilevel.alpha_shrink} must be in [0, 1): the α-steps see (1 − δ)·γ")
+    size = cfg.bilevel.branch_size
+    _check(size is None or (size > 0 and math.isfinite(size)),
+           f"bilevel.branch_size={size} must be a positive relative norm ‖ΔW‖/‖W₀‖ (e.g. 0.05), or null to leave the "
+           f"branches' size to their weights")
+    _check(size is None or cfg.space.operator == "lora",
+           f"bilevel.branch_size rescales LoRA branches, but space.operator={cfg.space.operator}; use "
+           f"space.operator=lora or bilevel.branch_size=null")
     _check(cfg.bilevel.prune_stages >= 0,
            f"bilevel.prune_stages={cfg.bilevel.prune_stages} must be >= 0 (0 turns pruning off)")
     _check(cfg.bilevel.prune_stages == 0 or cfg.discretizer.name == "global_topk",

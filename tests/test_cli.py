@@ -52,6 +52,9 @@ def test_smoke_run_writes_all_outputs(tmp_path: Path) -> None:
     check_finished_run(tmp_path, "mrpc", 0)
     assert "selected 18/36 modules" in result.stdout + result.stderr
     assert "mrpc dev {'accuracy'" in result.stdout
+    variant = json.loads((tmp_path / "metrics.json").read_text())["variant"]  # what `diffora aggregate` splits rows by
+    assert {k: variant[k] for k in ("prune_stages", "branch_size", "dam_init", "alpha_optimizer")} == {
+        "prune_stages": 0, "branch_size": None, "dam_init": 0.0, "alpha_optimizer": "adam@0.0003"}
 
 
 def test_multirun_gives_one_folder_per_job(tmp_path: Path) -> None:

@@ -57,6 +57,9 @@ def adapt_selected(model: nn.Module, head_names: list[str], selected: list[str],
 
 def expected_gates(supernet: SuperNet) -> dict[str, float]:
     """E[γ] of every candidate by module name: :meth:`~nas.search.relaxation.Relaxation.expected_gate` of the supernet's
-    DAM at the relaxation's current (final) progress; the constants to fold at the end of the search."""
+    DAM at the relaxation's current (final) progress, times the branch's size factor when ``bilevel.branch_size``
+    rescaled it (:meth:`SuperNet.size_factor`): the constants to fold at the end of the search."""
     matrix = supernet.relaxation.expected_gate(supernet.dam_logits)
-    return {name: float(matrix[supernet.space.coordinate(name)]) for name in supernet.space.names}
+    with torch.no_grad():
+        return {name: float(matrix[supernet.space.coordinate(name)]) * float(supernet.size_factor(name))
+                for name in supernet.space.names}

@@ -156,7 +156,9 @@ def _branch_norm(inputs: ScoringInput) -> Scores:
             handle.remove()
         net.detach_gates()
         net.train(was_training)
-    return {name: abs(gamma[name]) * total / max(tokens, 1.0) for name, total in sums.items()}
+    with torch.no_grad():  # the branch's output before its gate: γ·s·ΔWx is what reaches the layer
+        size = {name: float(net.size_factor(name)) for name in sums}
+    return {name: abs(gamma[name]) * size[name] * total / max(tokens, 1.0) for name, total in sums.items()}
 
 
 def mean_loss(inputs: ScoringInput, removed: set[str] | None = None) -> float:

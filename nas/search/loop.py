@@ -205,7 +205,8 @@ def search(settings: SearchSettings, backbone: Backbone, space: SearchSpace, dat
     generator = torch.Generator().manual_seed(settings.seed)
     supernet = SuperNet(backbone.model, space, relaxation, backbone.head_names, operator=settings.space.operator,
                         rank=settings.space.rank, alpha=settings.space.alpha, dropout=settings.space.dropout,
-                        operator_args=settings.space.operator_args, generator=generator).to(settings.device)
+                        operator_args=settings.space.operator_args, generator=generator,
+                        branch_size=b.branch_size).to(settings.device)
     with dropout_set(supernet, b.dropout):
         return _search(settings, supernet, backbone, data, logger, budget_target, checkpoint, parallel)
 

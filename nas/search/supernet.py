@@ -2,6 +2,14 @@
 
 For candidate (l, j):  h = W₀x + γ_{l,j} · ΔW_{l,j} x,  γ = relaxation(Γ),  Γ ∈ ℝ^{layers × types (× k)}.
 Base weights are frozen; the LoRA branches and the task head are the weights w; Γ is the architecture.
+
+With ``branch_size`` τ set, every branch is rescaled to a fixed norm before its gate multiplies it:
+
+    h = W₀x + γ · s · ΔW x,   s = τ‖W₀‖_F / ‖ΔW‖_F,   ‖ΔW‖_F² = Σ (BᵀB) ⊙ (AAᵀ)   (ΔW = B A, r × r Gram matrices),
+
+so (γ, B) and (γ/c, c·B) are no longer the same function: the weights choose the direction of each branch, γ alone its
+size (DARTS uses BatchNorm without affine parameters in its ops for the same reason). B starts non-zero (Kaiming-uniform
+like A), since a zero branch has no direction.
 Exposes the one-shot NAS protocol: :meth:`arch_parameters`, :meth:`export_probs`, :meth:`export`.
 """
 
@@ -13,7 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from nas.adapters.lora import LoRABranch
 from nas.adapters.operators import AdaptedLinear, inject_adapters, replace_module
+from nas.errors import ConfigError
 from nas.search.relaxation import Relaxation
 from search_spaces.space import SearchSpace
 
@@ -23,7 +33,8 @@ class SuperNet(nn.Module):
 
     def __init__(self, model: nn.Module, space: SearchSpace, relaxation: Relaxation, head_names: list[str],
                  operator: str = "lora", rank: int = 8, alpha: float = 16.0, dropout: float = 0.0,
-                 operator_args: Mapping[str, Any] | None = None, generator: torch.Generator | None = None) -> None:
+                 operator_args: Mapping[str, Any] | None = None, generator: torch.Generator | None = None,
+                 branch_size: float | None = None) -> None:
         super().__init__()
         for parameter in model.parameters():
             parameter.requires_grad_(False)
@@ -44,6 +55,32 @@ class SuperNet(nn.Module):
         self.gate_scale = 1.0  # multiplies every γ in forward (bilevel.alpha_shrink probes the α-loss at (1 − δ)·γ)
         for name in self.head_names:
             model.get_parameter(name).requires_grad_(True)
+        self.branch_size = branch_size
+        if branch_size is not None:
+            self._init_sized_branches(generator)
+
+    def _init_sized_branches(self, generator: torch.Generator | None) -> None:
+        """B ← Kaiming-uniform(√5) (A's LoRA init) so that every branch has a direction to rescale; records ‖W₀‖_F."""
+        self.base_norms: dict[str, float] = {}
+        for name, adapter in self.adapters.items():
+            if not isinstance(adapter.branch, LoRABranch):
+                raise ConfigError(f"bilevel.branch_size rescales LoRA branches, but {name} has a "
+                                  f"{type(adapter.branch).__name__}; use space.operator=lora or "
+                                  f"bilevel.branch_size=null")
+            b = adapter.branch.lora_B
+            bound = 1.0 / b.shape[1] ** 0.5  # kaiming_uniform_(a=√5) on a (out × r) matrix
+            with torch.no_grad():
+                b.copy_((torch.rand(b.shape, generator=generator) * 2 - 1) * bound)
+            self.base_norms[name] = float(adapter.base_layer.weight.detach().float().norm())
+
+    def size_factor(self, name: str) -> torch.Tensor:
+        """s = τ‖W₀‖_F / ‖ΔW‖_F of one candidate (differentiable in A and B); 1 when ``branch_size`` is off."""
+        if self.branch_size is None:
+            return torch.ones(())
+        a, b = self.adapters[name].branch.lora_factors()
+        a, b = a.float(), b.float()
+        norm = ((b.T @ b) * (a @ a.T)).sum().clamp_min(1e-24).sqrt()
+        return self.branch_size * self.base_norms[name] / norm
 
     # --- parameter groups -------------------------------------------------------------------------
     def arch_parameters(self) -> list[nn.Parameter]:
@@ -81,7 +118,8 @@ class SuperNet(nn.Module):
         matrix = self.relaxed_matrix() * self.gate_scale + self.gate_probe
         for (name, adapter), (row, col) in zip(self.adapters.items(), self._coordinates, strict=True):
             off = name in self.removed or name in self.pruned
-            adapter.gate = matrix[row, col] * 0.0 if off else matrix[row, col]
+            gate = matrix[row, col] * 0.0 if off else matrix[row, col]
+            adapter.gate = gate if self.branch_size is None else gate * self.size_factor(name).to(gate)
         return self.model(**batch)
 
     def unwrap(self) -> dict[str, nn.Module]:

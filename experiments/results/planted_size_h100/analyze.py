@@ -1,0 +1,59 @@
+"""Tables of summary.md from runs/ (folders named <variant>_<pattern>_s<seed>, seeds 10-12).
+
+    python experiments/results/planted_size_h100/analyze.py
+
+Per variant and pattern: mean precision@9 / AUC of every criterion. Then the DAM's precision of each variant against
+its reference (D: the defaults with the same relaxation), paired over the six (pattern, seed) pairs, with the
+Wilcoxon signed-rank p and a bootstrap CI (nas.reporting.statistics.paired_test). `diffora aggregate runs` gives the
+same per pattern (3 pairs each); this pools both patterns.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+from nas.reporting.statistics import paired_test  # noqa: E402
+
+RUNS = Path(__file__).parent / "runs"
+CRITERIA = ["dam", "perturbation", "gate_saliency", "fisher", "grad_norm", "branch_norm", "random"]
+PAIRS = [("Vsig", "Dsig"), ("Vsoft", "Dsoft"), ("Csig", "Dsig"), ("Vsig", "Csig"), ("Vsig2", "Vsig"),
+         ("Vsoft2", "Vsoft")]
+
+
+def precision(run: dict, criterion: str = "dam") -> float:
+    return run["recovery"]["by_criterion"][criterion]["precision"]
+
+
+def main() -> None:
+    runs = {}
+    for metrics in sorted(RUNS.glob("*/metrics.json")):
+        variant, pattern, seed = metrics.parent.name.rsplit("_", 2)
+        runs[(variant, pattern, int(seed[1:]))] = json.loads(metrics.read_text())
+    groups = defaultdict(list)
+    for (variant, pattern, _), run in runs.items():
+        groups[(variant, pattern)].append(run)
+    print("| variant | pattern | seeds | " + " | ".join(CRITERIA) + " |")
+    print("|---|---|---:|" + "---:|" * len(CRITERIA))
+    for (variant, pattern), members in sorted(groups.items()):
+        cells = [f"{statistics.mean(precision(r, c) for r in members):.2f} / "
+                 f"{statistics.mean(r['recovery']['by_criterion'][c]['auc'] for r in members):.2f}" for c in CRITERIA]
+        print(f"| {variant} | {pattern} | {len(members)} | " + " | ".join(cells) + " |")
+    print("\n| DAM precision: variant − reference | pairs | mean d | 95% CI | Wilcoxon p | d per pair (grid, random) |")
+    print("|---|---:|---:|---|---:|---|")
+    for variant, base in PAIRS:
+        keys = sorted((p, s) for v, p, s in runs if v == variant and (base, p, s) in runs)
+        x, y = [precision(runs[(variant, *k)]) for k in keys], [precision(runs[(base, *k)]) for k in keys]
+        test = paired_test(x, y)
+        ci = "—" if test.ci is None else f"[{test.ci[0]:+.2f}, {test.ci[1]:+.2f}]"
+        p_value = "—" if test.wilcoxon_pvalue is None else f"{test.wilcoxon_pvalue:.3f}"
+        diffs = ", ".join(f"{a - b:+.2f}" for a, b in zip(x, y, strict=True))
+        print(f"| {variant} − {base} | {test.n} | {test.mean:+.3f} | {ci} | {p_value} | {diffs} |")
+
+
+if __name__ == "__main__":
+    main()
