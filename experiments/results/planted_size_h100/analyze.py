@@ -1,11 +1,12 @@
-"""Tables of summary.md from runs/ (folders named <variant>_<pattern>_s<seed>, seeds 10-12).
+"""Tables of summary.md from runs/ (H100, seeds 10-12) and cpu/ (2 CPU cores, seeds 0-2), folders named
+<variant>_<pattern>_s<seed>.
 
     python experiments/results/planted_size_h100/analyze.py
 
 Per variant and pattern: mean precision@9 / AUC of every criterion. Then the DAM's precision of each variant against
-its reference (D: the defaults with the same relaxation), paired over the six (pattern, seed) pairs, with the
-Wilcoxon signed-rank p and a bootstrap CI (nas.reporting.statistics.paired_test). `diffora aggregate runs` gives the
-same per pattern (3 pairs each); this pools both patterns.
+its reference, paired over (pattern, seed), with the Wilcoxon signed-rank p and a bootstrap CI
+(nas.reporting.statistics.paired_test). On the CPU the reference of the defaults is planted_prune_cpu's E05 (the same
+problem, seeds and settings). `diffora aggregate runs` gives the H100 rows per pattern; this pools both patterns.
 """
 
 from __future__ import annotations
@@ -19,34 +20,53 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 from nas.reporting.statistics import paired_test  # noqa: E402
 
-RUNS = Path(__file__).parent / "runs"
+HERE = Path(__file__).parent
+FOLDERS = {"runs": HERE / "runs", "cpu": HERE / "cpu", "E05": HERE.parent / "planted_prune_cpu" / "runs"}
 CRITERIA = ["dam", "perturbation", "gate_saliency", "fisher", "grad_norm", "branch_norm", "random"]
-PAIRS = [("Vsig", "Dsig"), ("Vsoft", "Dsoft"), ("Csig", "Dsig"), ("Vsig", "Csig"), ("Vsig2", "Vsig"),
-         ("Vsoft2", "Vsoft")]
+PAIRS = [("Vsig", "Dsig"), ("Vsoft", "Dsoft"), ("Csig", "Dsig"), ("Csoft", "Dsoft"), ("CBsig", "Dsig"),
+         ("CBsig", "Csig"), ("Vsig", "Csig"), ("Vsig2", "Vsig"), ("Vsoft2", "Vsoft"), ("C", "E05"), ("C0", "E05"),
+         ("CF", "C"), ("Ngum", "Dgum"), ("Nhc", "Dhc")]
 
 
 def precision(run: dict, criterion: str = "dam") -> float:
     return run["recovery"]["by_criterion"][criterion]["precision"]
 
 
-def main() -> None:
+def load(folder: Path, only: str | None = None) -> dict[tuple[str, str, int], dict]:
     runs = {}
-    for metrics in sorted(RUNS.glob("*/metrics.json")):
+    for metrics in sorted(folder.glob("*/metrics.json")):
         variant, pattern, seed = metrics.parent.name.rsplit("_", 2)
-        runs[(variant, pattern, int(seed[1:]))] = json.loads(metrics.read_text())
+        if only is None or variant == only:
+            runs[(variant, pattern, int(seed[1:]))] = json.loads(metrics.read_text())
+    return runs
+
+
+def main() -> None:
+    for folder in ("runs", "cpu"):
+        table({k: v for k, v in load(FOLDERS[folder]).items() if not k[0].startswith("S05")})
+    runs = {**load(FOLDERS["runs"]), **load(FOLDERS["cpu"]), **load(FOLDERS["E05"], only="E05")}
+    pairs(runs)
+
+
+def table(runs: dict[tuple[str, str, int], dict]) -> None:
     groups = defaultdict(list)
     for (variant, pattern, _), run in runs.items():
         groups[(variant, pattern)].append(run)
-    print("| variant | pattern | seeds | " + " | ".join(CRITERIA) + " |")
+    print("\n| variant | pattern | seeds | " + " | ".join(CRITERIA) + " |")
     print("|---|---|---:|" + "---:|" * len(CRITERIA))
     for (variant, pattern), members in sorted(groups.items()):
         cells = [f"{statistics.mean(precision(r, c) for r in members):.2f} / "
                  f"{statistics.mean(r['recovery']['by_criterion'][c]['auc'] for r in members):.2f}" for c in CRITERIA]
         print(f"| {variant} | {pattern} | {len(members)} | " + " | ".join(cells) + " |")
+
+
+def pairs(runs: dict[tuple[str, str, int], dict]) -> None:
     print("\n| DAM precision: variant − reference | pairs | mean d | 95% CI | Wilcoxon p | d per pair (grid, random) |")
     print("|---|---:|---:|---|---:|---|")
     for variant, base in PAIRS:
         keys = sorted((p, s) for v, p, s in runs if v == variant and (base, p, s) in runs)
+        if not keys:
+            continue
         x, y = [precision(runs[(variant, *k)]) for k in keys], [precision(runs[(base, *k)]) for k in keys]
         test = paired_test(x, y)
         ci = "—" if test.ci is None else f"[{test.ci[0]:+.2f}, {test.ci[1]:+.2f}]"
