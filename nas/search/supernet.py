@@ -15,6 +15,7 @@ Exposes the one-shot NAS protocol: :meth:`arch_parameters`, :meth:`export_probs`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -56,21 +57,18 @@ class SuperNet(nn.Module):
         for name in self.head_names:
             model.get_parameter(name).requires_grad_(True)
         self.branch_size = branch_size
+        self.base_norms: dict[str, float] = {}  # ‖W₀‖_F by candidate, recorded when branch_size is set
         if branch_size is not None:
             self._init_sized_branches(generator)
 
     def _init_sized_branches(self, generator: torch.Generator | None) -> None:
         """B ← Kaiming-uniform(√5) (A's LoRA init) so that every branch has a direction to rescale; records ‖W₀‖_F."""
-        self.base_norms: dict[str, float] = {}
         for name, adapter in self.adapters.items():
             if not isinstance(adapter.branch, LoRABranch):
                 raise ConfigError(f"bilevel.branch_size rescales LoRA branches, but {name} has a "
                                   f"{type(adapter.branch).__name__}; use space.operator=lora or "
                                   f"bilevel.branch_size=null")
-            b = adapter.branch.lora_B
-            bound = 1.0 / b.shape[1] ** 0.5  # kaiming_uniform_(a=√5) on a (out × r) matrix
-            with torch.no_grad():
-                b.copy_((torch.rand(b.shape, generator=generator) * 2 - 1) * bound)
+            nn.init.kaiming_uniform_(adapter.branch.lora_B, a=math.sqrt(5), generator=generator)
             self.base_norms[name] = float(adapter.base_layer.weight.detach().float().norm())
 
     def size_factor(self, name: str) -> torch.Tensor:
