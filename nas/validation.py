@@ -95,6 +95,9 @@ def validate_run_config(cfg: Any) -> None:
     _check(size is None or cfg.space.operator == "lora",
            f"bilevel.branch_size rescales LoRA branches, but space.operator={cfg.space.operator}; use "
            f"space.operator=lora or bilevel.branch_size=null")
+    _check(cfg.bilevel.balance_space in ("branch", "output"),
+           f"bilevel.balance_space={cfg.bilevel.balance_space!r} is not known; use branch (the speed of the branch's "
+           f"own output) or output (the speed of the network's outputs)")
     _check(cfg.bilevel.prune_stages >= 0,
            f"bilevel.prune_stages={cfg.bilevel.prune_stages} must be >= 0 (0 turns pruning off)")
     _check(cfg.bilevel.prune_stages == 0 or cfg.discretizer.name == "global_topk",

@@ -6,13 +6,15 @@ import math
 
 import pytest
 import torch
-from conftest import TINY_BERT
+from conftest import TINY_BERT, compose_run
 from test_search_options import run_search
 from transformers import BertConfig, BertForSequenceClassification
 
-from nas.search.branch_speed import balanced_groups, branch_speeds
+from nas.errors import ConfigError
+from nas.search.branch_speed import balanced_groups, branch_speeds, output_speeds
 from nas.search.relaxation import build_relaxation
 from nas.search.supernet import SuperNet
+from nas.validation import validate_run_config
 from search_spaces import build_search_space
 
 
@@ -65,3 +67,42 @@ def test_a_search_with_balanced_rates_runs_and_moves_the_dam() -> None:
     _, space, outcome = run_search(["bilevel.balance_lr=true"])
     first, last = outcome.trajectory[0], outcome.trajectory[-1]
     assert set(outcome.scores) == set(space.names) and last["dam"] != first["dam"]
+
+
+def test_output_speeds_match_a_direct_perturbation_and_restore_every_parameter() -> None:
+    net = tiny_supernet()
+    ids = torch.randint(5, 90, (3, 7))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.zeros(3)}
+    before = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    state = torch.random.get_rng_state()
+    speeds = output_speeds(net, [batch], step=1e-3, seed=0)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the run's random stream is untouched
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    # the first branch by hand: the same signs from the same generator, the same outputs
+    name, adapter = next(iter(net.adapters.items()))
+    generator = torch.Generator().manual_seed(0)
+    net.eval()
+    with torch.no_grad():
+        base = net(input_ids=ids, attention_mask=batch["attention_mask"]).logits
+        for p in adapter.branch.parameters():
+            p.add_((torch.randint(0, 2, p.shape, generator=generator).to(p) * 2 - 1) * 1e-3)
+        moved = net(input_ids=ids, attention_mask=batch["attention_mask"]).logits
+    assert speeds[name] == pytest.approx(float((moved - base).pow(2).mean().sqrt()) / 1e-3, rel=1e-4)
+    assert set(speeds) == set(net.adapters) and all(v > 0 for v in speeds.values())
+    assert len({round(v, 6) for v in speeds.values()}) > len(speeds) // 2  # modules differ in how far they move f
+
+
+def test_output_speeds_refuse_no_batches_and_a_non_positive_step() -> None:
+    net = tiny_supernet()
+    with pytest.raises(ValueError, match="criterion.batches"):
+        output_speeds(net, [], step=1e-3)
+    ids = torch.randint(5, 90, (2, 5))
+    with pytest.raises(ValueError, match="positive step"):
+        output_speeds(net, [{"input_ids": ids}], step=0.0)
+
+
+def test_a_search_balanced_in_output_space_runs_and_an_unknown_space_is_refused() -> None:
+    _, space, outcome = run_search(["bilevel.balance_lr=true", "bilevel.balance_space=output"])
+    assert set(outcome.scores) == set(space.names) and outcome.trajectory[-1]["dam"] != outcome.trajectory[0]["dam"]
+    with pytest.raises(ConfigError, match="balance_space='logits' is not known; use branch"):
+        validate_run_config(compose_run(["bilevel.balance_lr=true", "bilevel.balance_space=logits"]))

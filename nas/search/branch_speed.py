@@ -10,6 +10,14 @@ attention and FFN outputs (out = 384, smaller inputs): in a supernet the fastest
 including a part that a slower branch would represent exactly. ``bilevel.balance_lr=true`` gives the parameters of
 branch m the learning rate lr · median_k(speed_k) / speed_m, so every branch moves its output equally fast per step;
 the head keeps lr. The speeds are measured once, at the start of the search, on the criteria's fixed α-split batches.
+
+That speed is measured where the branch adds its output, inside the layer. How far the *network's* outputs move is
+that times the layer's sensitivity, which differs far more between modules: a change of given size in an early
+attention key moves the outputs ~20× less than one in a late FFN input. With the gate and B sharing one scale, a gate
+keeps rising for as long as its branch still has to grow, so it ends up tracking how far its module's weights had to
+move (on the planted random pattern the DAM's γ follows the planted deltas' ‖ΔW‖/‖W‖), not how much the module is
+needed. ``bilevel.balance_space=output`` measures the speed in the network's outputs instead
+(:func:`output_speeds`), so that equal learning progress means equal function change in every branch.
 """
 
 from __future__ import annotations
@@ -60,6 +68,49 @@ def branch_speeds(supernet: SuperNet, batches: Sequence[Batch]) -> dict[str, flo
             handle.remove()
         supernet.train(was_training)
     return {name: sums[name] / max(counts[name], 1.0) for name in supernet.adapters}
+
+
+@torch.no_grad()
+def output_speeds(supernet: SuperNet, batches: Sequence[Batch], step: float, seed: int = 0) -> dict[str, float]:
+    """How far one Adam-like w-step on branch m moves the network's outputs, per unit step:
+
+        speed_m = RMS_{batches, outputs}( f(θ_m + step·R_m) − f(θ_m) ) / step,    R_m = random signs like θ_m,
+
+    θ_m all trainable parameters of branch m (Adam's first steps move every entry by about ±lr, whatever its
+    gradient); the others stay put. With LoRA's B = 0 only B's signs count to first order, for any operator the
+    measure is the same. Run in full precision (differences this small vanish in bf16); the signs come from their
+    own generator, so the run's random stream is untouched; every parameter is restored exactly."""
+    if not batches:
+        raise ValueError("output speeds need at least one batch (criterion.batches >= 1)")
+    if not step > 0:
+        raise ValueError(f"output speeds need a positive step, got {step}")
+    generator = torch.Generator().manual_seed(seed)
+    was_training = supernet.training
+    supernet.eval()
+
+    def outputs() -> list[torch.Tensor]:
+        return [supernet(**model_inputs(batch)).logits.float() for batch in batches]
+
+    try:
+        base = outputs()
+        count = sum(out.numel() for out in base)
+        speeds = {}
+        for name, adapter in supernet.adapters.items():
+            params = [p for p in adapter.branch.parameters() if p.requires_grad]
+            saved = [p.detach().clone() for p in params]
+            for p in params:
+                signs = torch.randint(0, 2, p.shape, generator=generator).to(p) * 2 - 1
+                p.add_(signs * step)
+            try:
+                moved = outputs()
+            finally:
+                for p, value in zip(params, saved, strict=True):
+                    p.copy_(value)
+            squares = sum(float((after - before).pow(2).sum()) for after, before in zip(moved, base, strict=True))
+            speeds[name] = math.sqrt(squares / count) / step
+    finally:
+        supernet.train(was_training)
+    return speeds
 
 
 def balanced_groups(supernet: SuperNet, inner: dict[str, torch.nn.Parameter], speeds: dict[str, float],

@@ -24,7 +24,7 @@ from nas.engine.precision import autocast
 from nas.engine.training import check_finite, forever, loss_for, make_loader, to_device
 from nas.errors import ConfigError, NonFiniteError
 from nas.search.bilevel import ArchPenalty, BilevelSearch, StepStats
-from nas.search.branch_speed import balanced_groups, branch_speeds
+from nas.search.branch_speed import balanced_groups, branch_speeds, output_speeds
 from nas.search.criteria import (
     CRITERIA,
     GateStatistics,
@@ -228,8 +228,12 @@ def _search(settings: SearchSettings, supernet: SuperNet, backbone: Backbone, da
                                                               strict=False)]
     w_params: list[Any] = list(inner.values())
     if b.balance_lr:
-        with autocast(settings.device, settings.precision):
-            w_params = balanced_groups(supernet, inner, branch_speeds(supernet, fixed), b.w_optimizer.lr)
+        if b.balance_space == "output":  # full precision: the output differences are too small for bf16
+            speeds = output_speeds(supernet, fixed, b.w_optimizer.lr, settings.seed)
+        else:
+            with autocast(settings.device, settings.precision):
+                speeds = branch_speeds(supernet, fixed)
+        w_params = balanced_groups(supernet, inner, speeds, b.w_optimizer.lr)
     w_optimizer = optimizer_from(b.w_optimizer, w_params, torch.optim.AdamW)
     alpha_optimizer = optimizer_from(b.alpha_optimizer, supernet.arch_parameters(), torch.optim.Adam)
     problem = BilevelProblem(model=supernet, loss_fn=loss_for(data.task), inner=inner,
