@@ -77,6 +77,8 @@ def test_output_speeds_match_a_direct_perturbation_and_restore_every_parameter()
     state = torch.random.get_rng_state()
     speeds = output_speeds(net, [batch], step=1e-3, seed=0)
     assert torch.equal(torch.random.get_rng_state(), state)  # the run's random stream is untouched
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a caller's bf16 does not reach the measurement
+        assert output_speeds(net, [batch], step=1e-3, seed=0) == speeds
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
     # the first branch by hand: the same signs from the same generator, the same outputs
     name, adapter = next(iter(net.adapters.items()))

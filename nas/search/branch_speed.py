@@ -88,8 +88,11 @@ def output_speeds(supernet: SuperNet, batches: Sequence[Batch], step: float, see
     was_training = supernet.training
     supernet.eval()
 
+    device_type = next(supernet.parameters()).device.type
+
     def outputs() -> list[torch.Tensor]:
-        return [supernet(**model_inputs(batch)).logits.float() for batch in batches]
+        with torch.autocast(device_type=device_type, enabled=False):  # whatever the caller's precision
+            return [supernet(**model_inputs(batch)).logits.float() for batch in batches]
 
     try:
         base = outputs()
