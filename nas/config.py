@@ -145,6 +145,8 @@ class BilevelConfig:
     # that γ alone sets how large it is (DARTS's affine-free ops); B starts non-zero (nas/search/supernet.py). null: off
     balance_lr: bool = False  # per-branch w learning rates that equalize how fast each branch moves its output
     # (nas/search/branch_speed.py); the head keeps w_optimizer.lr
+    branch_init: str = "kaiming"  # LoRA's A for the search: kaiming (LoRA's own) | activations (the top-r eigenvectors
+    # of each module's input second moment on the α-split's fixed batches, at the same norm; nas/search/branch_init.py)
     balance_space: str = "branch"  # where balance_lr measures a branch's speed: branch (its own output, a formula) |
     # output (the network's outputs, by perturbing each branch once at the start)
     regularizers: dict[str, float] = field(default_factory=dict)  # DAM penalties by name → weight, e.g. entropy: 0.1

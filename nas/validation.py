@@ -95,6 +95,12 @@ def validate_run_config(cfg: Any) -> None:
     _check(size is None or cfg.space.operator == "lora",
            f"bilevel.branch_size rescales LoRA branches, but space.operator={cfg.space.operator}; use "
            f"space.operator=lora or bilevel.branch_size=null")
+    _check(cfg.bilevel.branch_init in ("kaiming", "activations"),
+           f"bilevel.branch_init={cfg.bilevel.branch_init!r} is not known; use kaiming (LoRA's init) or activations "
+           f"(A on the top-r directions of each module's input)")
+    _check(cfg.bilevel.branch_init == "kaiming" or cfg.space.operator == "lora",
+           f"bilevel.branch_init=activations sets LoRA's A, but space.operator={cfg.space.operator}; use "
+           f"space.operator=lora or bilevel.branch_init=kaiming")
     _check(cfg.bilevel.balance_space in ("branch", "output"),
            f"bilevel.balance_space={cfg.bilevel.balance_space!r} is not known; use branch (the speed of the branch's "
            f"own output) or output (the speed of the network's outputs)")

@@ -66,5 +66,6 @@ class DiffoRA(Method):
                                 retrain_init=cfg.retrain.init, prune_stages=int(cfg.bilevel.prune_stages),
                                 branch_size=cfg.bilevel.branch_size, dam_init=float(cfg.relaxation.init_mean),
                                 alpha_optimizer=f"{cfg.bilevel.alpha_optimizer.name}@{cfg.bilevel.alpha_optimizer.lr:g}",
-                                balance_lr=cfg.bilevel.balance_space if cfg.bilevel.balance_lr else "off")
+                                balance_lr=cfg.bilevel.balance_space if cfg.bilevel.balance_lr else "off",
+                                branch_init=cfg.bilevel.branch_init)
         return prepared
