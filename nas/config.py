@@ -143,6 +143,8 @@ class BilevelConfig:
     # (nas/search/pruning.py)
     branch_size: float | None = None  # τ: during the search every LoRA branch is rescaled to ‖ΔW‖_F = τ·‖W₀‖_F, so
     # that γ alone sets how large it is (DARTS's affine-free ops); B starts non-zero (nas/search/supernet.py). null: off
+    branch_size_units: str = "weight"  # τ in weights (‖ΔW‖ = τ‖W₀‖) | output (per module, so that a unit gate change
+    # moves the network's outputs equally at the start: nas/search/branch_speed.py calibrate_sizes)
     balance_lr: bool = False  # per-branch w learning rates that equalize how fast each branch moves its output
     # (nas/search/branch_speed.py); the head keeps w_optimizer.lr
     branch_init: str = "kaiming"  # LoRA's A for the search: kaiming (LoRA's own) | activations (the top-r eigenvectors

@@ -95,6 +95,12 @@ def validate_run_config(cfg: Any) -> None:
     _check(size is None or cfg.space.operator == "lora",
            f"bilevel.branch_size rescales LoRA branches, but space.operator={cfg.space.operator}; use "
            f"space.operator=lora or bilevel.branch_size=null")
+    _check(cfg.bilevel.branch_size_units in ("weight", "output"),
+           f"bilevel.branch_size_units={cfg.bilevel.branch_size_units!r} is not known; use weight (‖ΔW‖ = τ‖W₀‖) or "
+           f"output (τ calibrated per module in the network's outputs)")
+    _check(cfg.bilevel.branch_size_units == "weight" or size is not None,
+           "bilevel.branch_size_units=output calibrates sized branches, but bilevel.branch_size is null; set "
+           "bilevel.branch_size=0.05 (for example) or bilevel.branch_size_units=weight")
     _check(cfg.bilevel.branch_init in ("kaiming", "activations"),
            f"bilevel.branch_init={cfg.bilevel.branch_init!r} is not known; use kaiming (LoRA's init) or activations "
            f"(A on the top-r directions of each module's input)")

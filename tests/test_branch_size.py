@@ -6,11 +6,12 @@ import math
 
 import pytest
 import torch
-from conftest import compose_run, tiny_bert
+from conftest import compose_run, tiny_batch, tiny_bert
 from test_search_options import run_search
 
 from nas.adapters.retrain import adapt_selected, expected_gates
 from nas.errors import ConfigError
+from nas.search.branch_speed import calibrate_sizes
 from nas.search.relaxation import build_relaxation
 from nas.search.supernet import SuperNet
 from nas.validation import validate_run_config
@@ -100,3 +101,53 @@ def test_a_non_lora_operator_is_refused() -> None:
 def test_a_branch_size_that_is_not_positive_is_refused(value: str) -> None:
     with pytest.raises(ConfigError, match="must be a positive relative norm"):
         validate_run_config(compose_run([f"bilevel.branch_size={value}"]))
+
+
+def gate_sensitivity(net: SuperNet, inputs: dict, name: str, delta: float = 1e-3) -> float:
+    """RMS output change per unit change of one gate, by hand through the gate probe."""
+    row, col = net.space.coordinate(name)
+    with torch.no_grad():
+        base = net(**inputs).logits
+        net.gate_probe[row, col] += delta
+        moved = net(**inputs).logits
+        net.gate_probe[row, col] -= delta
+    return float((moved - base).pow(2).mean().sqrt()) / delta
+
+
+def test_sizes_in_output_units_make_every_gate_move_the_outputs_equally(batch: dict) -> None:
+    model = tiny_bert(seed=0)  # gates near 0 (γ₀ = 0.0025): the calibration is a derivative at the initial gates
+    net = SuperNet(model, build_search_space(model, "bert"), build_relaxation("sigmoid", -6.0, 0.0), HEAD, rank=4,
+                   alpha=8.0, generator=torch.Generator().manual_seed(0), branch_size=TAU)
+    net = net.eval().double()  # float64: the tiny model's logits move by ~1e-8 per step
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    before = {name: gate_sensitivity(net, inputs, name) for name in net.space.names}
+    assert max(before.values()) > 10 * min(before.values())  # in weight units the modules differ
+    sensitivities = calibrate_sizes(net, [batch], delta=1e-3)
+    for name in net.space.names:
+        assert sensitivities[name] == pytest.approx(before[name], rel=1e-6)
+    after = [gate_sensitivity(net, inputs, name) for name in net.space.names]
+    assert max(after) == pytest.approx(min(after), rel=1e-2)  # from a spread of more than 10x
+    assert torch.count_nonzero(net.gate_probe) == 0  # the probe is left as it was
+
+
+def test_output_units_need_sized_branches_and_a_known_unit() -> None:
+    model = tiny_bert(seed=0)
+    plain = SuperNet(model, build_search_space(model, "bert"), build_relaxation("sigmoid"), HEAD, rank=4)
+    with pytest.raises(ValueError, match="set bilevel.branch_size"):
+        calibrate_sizes(plain, [tiny_batch()])
+    with pytest.raises(ConfigError, match="bilevel.branch_size is null; set"):
+        validate_run_config(compose_run(["bilevel.branch_size_units=output"]))
+    with pytest.raises(ConfigError, match="branch_size_units='joules' is not known"):
+        validate_run_config(compose_run(["bilevel.branch_size=0.05", "bilevel.branch_size_units=joules"]))
+
+
+def test_a_search_sized_in_output_units_runs_and_keeps_the_calibrated_size() -> None:
+    _, space, outcome = run_search(["bilevel.branch_size=0.05", "bilevel.branch_size_units=output"])
+    assert outcome.trajectory[-1]["dam"] != outcome.trajectory[0]["dam"]
+    net = outcome.supernet
+    assert len({round(c, 6) for c in net.size_scales.values()}) > 1
+    name = space.names[0]
+    with torch.no_grad():
+        a, b = net.adapters[name].branch.lora_factors()
+        relative = net.size_factor(name) * (b @ a).norm() / net.adapters[name].base_layer.weight.norm()
+    assert math.isclose(float(relative), 0.05 * net.size_scales[name], rel_tol=1e-4)

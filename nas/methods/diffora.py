@@ -67,5 +67,6 @@ class DiffoRA(Method):
                                 branch_size=cfg.bilevel.branch_size, dam_init=float(cfg.relaxation.init_mean),
                                 alpha_optimizer=f"{cfg.bilevel.alpha_optimizer.name}@{cfg.bilevel.alpha_optimizer.lr:g}",
                                 balance_lr=cfg.bilevel.balance_space if cfg.bilevel.balance_lr else "off",
-                                branch_init=cfg.bilevel.branch_init)
+                                branch_init=cfg.bilevel.branch_init,
+                                branch_size_units=cfg.bilevel.branch_size_units if cfg.bilevel.branch_size else None)
         return prepared

@@ -92,7 +92,7 @@ def output_speeds(supernet: SuperNet, batches: Sequence[Batch], step: float, see
 
     def outputs() -> list[torch.Tensor]:
         with torch.autocast(device_type=device_type, enabled=False):  # whatever the caller's precision
-            return [supernet(**model_inputs(batch)).logits.float() for batch in batches]
+            return [supernet(**model_inputs(batch)).logits.double() for batch in batches]
 
     try:
         base = outputs()
@@ -135,3 +135,52 @@ def balanced_groups(supernet: SuperNet, inner: dict[str, torch.nn.Parameter], sp
     if rest:
         groups.append({"params": rest, "lr": lr})
     return groups
+
+
+@torch.no_grad()
+def calibrate_sizes(supernet: SuperNet, batches: Sequence[Batch], delta: float = 0.1) -> dict[str, float]:
+    """Sized branches in units of the network's outputs (``bilevel.branch_size_units=output``):
+
+        sens_m = RMS( f(γ_m + δ) − f(γ_m) ) / δ,    size_scales[m] = median_k(sens_k) / sens_m,
+
+    measured once, at the initial gates, with every branch at its initial direction and size τ‖W₀‖. Afterwards a unit
+    change of any gate moves the outputs as much as the median module's does (exactly so while γ·c·τ stays small, as
+    it does from the default γ₀ ≈ 0.05), so that a gate's value measures how much the network's function
+    uses the branch rather than how far its weights had to move. δ = 0.1 moves each module's weights by 0.1·τ of
+    their norm, well inside the linear range and far above fp32's resolution. Full precision; returns the
+    sensitivities."""
+    if supernet.branch_size is None:
+        raise ValueError("calibrating branch sizes needs sized branches (set bilevel.branch_size)")
+    if not batches:
+        raise ValueError("calibrating branch sizes needs at least one batch (criterion.batches >= 1)")
+    was_training = supernet.training
+    supernet.eval()
+    device_type = next(supernet.parameters()).device.type
+    probe = supernet.gate_probe
+
+    def outputs() -> list[torch.Tensor]:
+        with torch.autocast(device_type=device_type, enabled=False):
+            return [supernet(**model_inputs(batch)).logits.double() for batch in batches]
+
+    try:
+        base = outputs()
+        count = sum(out.numel() for out in base)
+        sensitivities = {}
+        for name in supernet.adapters:
+            row, col = supernet.space.coordinate(name)
+            probe[row, col] += delta
+            try:
+                moved = outputs()
+            finally:
+                probe[row, col] -= delta
+            squares = sum(float((after - before).pow(2).sum()) for after, before in zip(moved, base, strict=True))
+            sensitivities[name] = math.sqrt(squares / count) / delta
+    finally:
+        supernet.train(was_training)
+    reference = statistics.median(sensitivities.values())
+    for name, sensitivity in sensitivities.items():
+        if not sensitivity > 0:
+            raise ValueError(f"a change of {name}'s gate does not move the outputs; its size cannot be calibrated, "
+                             f"set bilevel.branch_size_units=weight")
+        supernet.size_scales[name] = reference / sensitivity
+    return sensitivities

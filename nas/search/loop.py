@@ -25,7 +25,7 @@ from nas.engine.training import check_finite, forever, loss_for, make_loader, to
 from nas.errors import ConfigError, NonFiniteError
 from nas.search.bilevel import ArchPenalty, BilevelSearch, StepStats
 from nas.search.branch_init import align_to_activations
-from nas.search.branch_speed import balanced_groups, branch_speeds, output_speeds
+from nas.search.branch_speed import balanced_groups, branch_speeds, calibrate_sizes, output_speeds
 from nas.search.criteria import (
     CRITERIA,
     GateStatistics,
@@ -227,8 +227,10 @@ def _search(settings: SearchSettings, supernet: SuperNet, backbone: Backbone, da
     fixed_loader = make_loader(data.train.select(a_idx), backbone.tokenizer, b.batch_size, True, settings.seed + 2)
     fixed = [to_device(batch, settings.device) for batch, _ in zip(fixed_loader, range(settings.criterion.batches),
                                                               strict=False)]
-    if b.branch_init == "activations":  # before the speeds, which depend on A
+    if b.branch_init == "activations":  # before the speeds and sizes, which depend on A
         align_to_activations(supernet, fixed)
+    if b.branch_size is not None and b.branch_size_units == "output":
+        calibrate_sizes(supernet, fixed)
     w_params: list[Any] = list(inner.values())
     if b.balance_lr:
         if b.balance_space == "output":  # full precision: the output differences are too small for bf16

@@ -9,7 +9,8 @@ With ``branch_size`` τ set, every branch is rescaled to a fixed norm before its
 
 so (γ, B) and (γ/c, c·B) are no longer the same function: the weights choose the direction of each branch, γ alone its
 size (DARTS uses BatchNorm without affine parameters in its ops for the same reason). B starts non-zero (Kaiming-uniform
-like A), since a zero branch has no direction.
+like A), since a zero branch has no direction. ``size_scales`` (1 by default) multiplies τ per candidate:
+:func:`nas.search.branch_speed.calibrate_sizes` sets it so that τ is measured in the network's outputs, not in weights.
 Exposes the one-shot NAS protocol: :meth:`arch_parameters`, :meth:`export_probs`, :meth:`export`.
 """
 
@@ -58,6 +59,7 @@ class SuperNet(nn.Module):
             model.get_parameter(name).requires_grad_(True)
         self.branch_size = branch_size
         self.base_norms: dict[str, float] = {}  # ‖W₀‖_F by candidate, recorded when branch_size is set
+        self.size_scales: dict[str, float] = dict.fromkeys(self.adapters, 1.0)  # per-candidate multiplier of τ
         if branch_size is not None:
             self._init_sized_branches(generator)
 
@@ -72,13 +74,14 @@ class SuperNet(nn.Module):
             self.base_norms[name] = float(adapter.base_layer.weight.detach().float().norm())
 
     def size_factor(self, name: str) -> torch.Tensor:
-        """s = τ‖W₀‖_F / ‖ΔW‖_F of one candidate (differentiable in A and B); 1 when ``branch_size`` is off."""
+        """s = τ·c·‖W₀‖_F / ‖ΔW‖_F of one candidate (c = ``size_scales``; differentiable in A and B); 1 when
+        ``branch_size`` is off."""
         if self.branch_size is None:
             return torch.ones(())
         a, b = self.adapters[name].branch.lora_factors()
         a, b = a.float(), b.float()
         norm = ((b.T @ b) * (a @ a.T)).sum().clamp_min(1e-24).sqrt()
-        return self.branch_size * self.base_norms[name] / norm
+        return self.branch_size * self.size_scales[name] * self.base_norms[name] / norm
 
     # --- parameter groups -------------------------------------------------------------------------
     def arch_parameters(self) -> list[nn.Parameter]:
