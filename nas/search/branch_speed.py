@@ -18,6 +18,8 @@ keeps rising for as long as its branch still has to grow, so it ends up tracking
 move (on the planted random pattern the DAM's γ follows the planted deltas' ‖ΔW‖/‖W‖), not how much the module is
 needed. ``bilevel.balance_space=output`` measures the speed in the network's outputs instead
 (:func:`output_speeds`), so that equal learning progress means equal function change in every branch.
+:func:`calibrate_sizes` measures sized branches (``bilevel.branch_size``) in the same units, so that a gate's value
+is a share of function change rather than of weight norm (``bilevel.branch_size_units=output``).
 """
 
 from __future__ import annotations
@@ -70,6 +72,13 @@ def branch_speeds(supernet: SuperNet, batches: Sequence[Batch]) -> dict[str, flo
     return {name: sums[name] / max(counts[name], 1.0) for name in supernet.adapters}
 
 
+def full_precision_outputs(supernet: SuperNet, batches: Sequence[Batch]) -> list[torch.Tensor]:
+    """The supernet's logits on ``batches`` in float64, with autocast off whatever the caller's precision: the
+    differences taken from them are far below bf16's resolution."""
+    with torch.autocast(device_type=next(supernet.parameters()).device.type, enabled=False):
+        return [supernet(**model_inputs(batch)).logits.double() for batch in batches]
+
+
 @torch.no_grad()
 def output_speeds(supernet: SuperNet, batches: Sequence[Batch], step: float, seed: int = 0) -> dict[str, float]:
     """How far one Adam-like w-step on branch m moves the network's outputs, per unit step:
@@ -87,15 +96,8 @@ def output_speeds(supernet: SuperNet, batches: Sequence[Batch], step: float, see
     generator = torch.Generator().manual_seed(seed)
     was_training = supernet.training
     supernet.eval()
-
-    device_type = next(supernet.parameters()).device.type
-
-    def outputs() -> list[torch.Tensor]:
-        with torch.autocast(device_type=device_type, enabled=False):  # whatever the caller's precision
-            return [supernet(**model_inputs(batch)).logits.double() for batch in batches]
-
     try:
-        base = outputs()
+        base = full_precision_outputs(supernet, batches)
         count = sum(out.numel() for out in base)
         speeds = {}
         for name, adapter in supernet.adapters.items():
@@ -105,7 +107,7 @@ def output_speeds(supernet: SuperNet, batches: Sequence[Batch], step: float, see
                 signs = torch.randint(0, 2, p.shape, generator=generator).to(p) * 2 - 1
                 p.add_(signs * step)
             try:
-                moved = outputs()
+                moved = full_precision_outputs(supernet, batches)
             finally:
                 for p, value in zip(params, saved, strict=True):
                     p.copy_(value)
@@ -155,22 +157,16 @@ def calibrate_sizes(supernet: SuperNet, batches: Sequence[Batch], delta: float =
         raise ValueError("calibrating branch sizes needs at least one batch (criterion.batches >= 1)")
     was_training = supernet.training
     supernet.eval()
-    device_type = next(supernet.parameters()).device.type
     probe = supernet.gate_probe
-
-    def outputs() -> list[torch.Tensor]:
-        with torch.autocast(device_type=device_type, enabled=False):
-            return [supernet(**model_inputs(batch)).logits.double() for batch in batches]
-
     try:
-        base = outputs()
+        base = full_precision_outputs(supernet, batches)
         count = sum(out.numel() for out in base)
         sensitivities = {}
         for name in supernet.adapters:
             row, col = supernet.space.coordinate(name)
             probe[row, col] += delta
             try:
-                moved = outputs()
+                moved = full_precision_outputs(supernet, batches)
             finally:
                 probe[row, col] -= delta
             squares = sum(float((after - before).pow(2).sum()) for after, before in zip(moved, base, strict=True))
