@@ -162,6 +162,23 @@ def test_failed_unfinished_and_corrupt_runs_are_counted(tmp_path: Path) -> None:
     assert "- `9_mrpc_s2: failed (RuntimeError: CUDA out of memory)`" in markdown
 
 
+def test_an_unfinished_run_joins_its_group_whatever_the_variant_keys_derived_from_several_config_entries(
+        tmp_path: Path) -> None:
+    """balance_lr is "off" in metrics.json but a bool in the config, alpha_optimizer "name@lr" there but a group here:
+    the unfinished run must not open a group of its own."""
+    for seed, criterion in ((0, "dam"), (0, "random"), (1, "dam"), (1, "random")):
+        write_run(tmp_path / f"{seed}_{criterion}_s{seed}", seed=seed,
+                  variant={"criterion": criterion, "balance_lr": "off", "alpha_optimizer": "shared_adam@0.03"})
+    run_dir = tmp_path / "4_dam_s2"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text(
+        "seed: 2\nmethod:\n  name: diffora\ntask:\n  name: mrpc\ncriterion:\n  name: dam\nbilevel:\n"
+        "  balance_lr: false\n  alpha_optimizer:\n    name: shared_adam\n    lr: 0.03\n")
+    summaries = summarize(load_runs(tmp_path))
+    assert sorted((s.label, s.n, s.unfinished) for s in summaries) == [("criterion=dam", 2, 1),
+                                                                        ("criterion=random", 2, 0)]
+
+
 def test_markdown_cells(tmp_path: Path) -> None:
     markdown = to_markdown(summarize(load_runs(ablation_sweep(tmp_path))))
     assert markdown.startswith("## mrpc\n")

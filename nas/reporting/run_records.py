@@ -18,6 +18,10 @@ Status = Literal["finished", "failed", "unfinished"]
 DEFAULT_VARIANT_KEYS = ("relaxation", "discretizer", "rho", "hypergradient", "retrain_init", "prune_stages", "operator",
                         "rank")
 MISSING = "?"
+# Variant keys whose metrics.json value is built from several config entries (e.g. alpha_optimizer = name@lr,
+# balance_lr = off | bilevel.balance_space, branch_size_units = null without branch_size): a config lookup cannot
+# reproduce them, so a run without metrics.json leaves them unknown rather than showing a value of another kind.
+DERIVED_VARIANT_KEYS = frozenset({"alpha_optimizer", "balance_lr", "branch_size_units", "dam_init"})
 
 
 class AggregateWarning(UserWarning):
@@ -106,7 +110,10 @@ def _flat_config(run_dir: Path) -> dict[str, Any]:
 
 
 def config_value(flat: dict[str, Any], key: str) -> Any:
-    """A variant key's value in the run config: ``<key>.name`` or the one leaf named ``key``; MISSING if unsure."""
+    """A variant key's value in the run config: ``<key>.name`` or the one leaf named ``key``; MISSING if unsure, and
+    always for the keys that metrics.json derives (``DERIVED_VARIANT_KEYS``)."""
+    if key in DERIVED_VARIANT_KEYS:
+        return MISSING
     if f"{key}.name" in flat:
         return flat[f"{key}.name"]
     matches = [value for path, value in flat.items() if path.rsplit(".", 1)[-1] == key]
