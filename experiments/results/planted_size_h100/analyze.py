@@ -25,7 +25,8 @@ FOLDERS = {"runs": HERE / "runs", "cpu": HERE / "cpu", "E05": HERE.parent / "pla
 CRITERIA = ["dam", "perturbation", "gate_saliency", "fisher", "grad_norm", "branch_norm", "random"]
 PAIRS = [("Vsig", "Dsig"), ("Vsoft", "Dsoft"), ("Csig", "Dsig"), ("Csoft", "Dsoft"), ("CBsig", "Dsig"),
          ("CBsig", "Csig"), ("Vsig", "Csig"), ("Vsig2", "Vsig"), ("Vsoft2", "Vsoft"), ("C", "E05"), ("C0", "E05"),
-         ("CF", "C"), ("Ngum", "Dgum"), ("Nhc", "Dhc"), ("L300", "C"), ("BO", "C"), ("R32", "C"), ("EI", "C"), ("VO", "C")]
+         ("CF", "C"), ("Ngum", "Dgum"), ("Nhc", "Dhc"), ("L300", "C"), ("BO", "C"), ("R32", "C"),
+         ("EI", "C"), ("VO", "C")]
 
 
 def precision(run: dict, criterion: str = "dam") -> float:
