@@ -20,43 +20,22 @@ from collections.abc import Sequence
 import torch
 
 from nas.adapters.lora import LoRABranch
-from nas.engine.completions import model_inputs
 from nas.search.hypergradient import Batch
+from nas.search.module_inputs import visit_module_inputs
 from nas.search.supernet import SuperNet
 
 
-@torch.no_grad()
 def input_moments(supernet: SuperNet, batches: Sequence[Batch]) -> dict[str, tuple[torch.Tensor, int]]:
     """Per branch: (Σ x xᵀ over the real tokens of ``batches`` in float64, the token count), in full precision."""
-    if not batches:
-        raise ValueError("activation-aligned branches need at least one batch (criterion.batches >= 1)")
     sums: dict[str, torch.Tensor] = {}
     counts = dict.fromkeys(supernet.adapters, 0)
-    mask: list[torch.Tensor | None] = [None]
 
-    def recorder(name: str):  # noqa: ANN202 (a forward hook)
-        def hook(_module: torch.nn.Module, args: tuple, _output: torch.Tensor) -> None:
-            x = args[0].detach().double()
-            keep = mask[0]
-            x = x[keep] if keep is not None and keep.shape == x.shape[:-1] else x.reshape(-1, x.shape[-1])
-            sums[name] = sums[name] + x.T @ x if name in sums else x.T @ x
-            counts[name] += x.shape[0]
-        return hook
+    def accumulate(name: str, rows: torch.Tensor) -> None:
+        x = rows.double()
+        sums[name] = sums[name] + x.T @ x if name in sums else x.T @ x
+        counts[name] += x.shape[0]
 
-    handles = [adapter.register_forward_hook(recorder(name)) for name, adapter in supernet.adapters.items()]
-    was_training = supernet.training
-    supernet.eval()
-    device_type = next(supernet.parameters()).device.type
-    try:
-        with torch.autocast(device_type=device_type, enabled=False):
-            for batch in batches:
-                attention = batch.get("attention_mask")
-                mask[0] = attention.bool() if attention is not None else None
-                supernet(**model_inputs(batch))
-    finally:
-        for handle in handles:
-            handle.remove()
-        supernet.train(was_training)
+    visit_module_inputs(supernet, batches, accumulate, full_precision=True)
     return {name: (sums[name], counts[name]) for name in supernet.adapters}
 
 

@@ -33,43 +33,25 @@ import torch
 
 from nas.engine.completions import model_inputs
 from nas.search.hypergradient import Batch
+from nas.search.module_inputs import visit_module_inputs
 from nas.search.supernet import SuperNet
 
 
-@torch.no_grad()
 def branch_speeds(supernet: SuperNet, batches: Sequence[Batch]) -> dict[str, float]:
     """√out_m · mean over real tokens of ‖A_m x‖ for every branch m, A_m from the branch's exact LoRA factors (so
     PRoLoRA and SoRA are measured by the A they apply); padding tokens are left out where the batch has a mask."""
-    if not batches:
-        raise ValueError("branch speeds need at least one batch (criterion.batches >= 1)")
     sums = dict.fromkeys(supernet.adapters, 0.0)
-    counts = dict.fromkeys(supernet.adapters, 0.0)
-    mask: list[torch.Tensor | None] = [None]
+    counts = dict.fromkeys(supernet.adapters, 0)
     factors = {name: adapter.branch.lora_factors() for name, adapter in supernet.adapters.items()}
 
-    def recorder(name: str):  # noqa: ANN202 (a forward hook)
+    def accumulate(name: str, rows: torch.Tensor) -> None:
         a, b = factors[name]
+        code = torch.nn.functional.linear(rows.float(), a.float()).norm(dim=-1)
+        sums[name] += float(code.sum()) * math.sqrt(b.shape[0])
+        counts[name] += code.shape[0]
 
-        def hook(_module: torch.nn.Module, args: tuple, _output: torch.Tensor) -> None:
-            code = torch.nn.functional.linear(args[0].float(), a.float()).norm(dim=-1)
-            weights = mask[0] if mask[0] is not None and mask[0].shape == code.shape else torch.ones_like(code)
-            sums[name] += float((code * weights).sum()) * math.sqrt(b.shape[0])
-            counts[name] += float(weights.sum())
-        return hook
-
-    handles = [adapter.register_forward_hook(recorder(name)) for name, adapter in supernet.adapters.items()]
-    was_training = supernet.training
-    supernet.eval()
-    try:
-        for batch in batches:
-            attention = batch.get("attention_mask")
-            mask[0] = attention.float() if attention is not None else None
-            supernet(**model_inputs(batch))
-    finally:
-        for handle in handles:
-            handle.remove()
-        supernet.train(was_training)
-    return {name: sums[name] / max(counts[name], 1.0) for name in supernet.adapters}
+    visit_module_inputs(supernet, batches, accumulate)
+    return {name: sums[name] / max(counts[name], 1) for name in supernet.adapters}
 
 
 def full_precision_outputs(supernet: SuperNet, batches: Sequence[Batch]) -> list[torch.Tensor]:
