@@ -61,6 +61,13 @@ def validate_run_config(cfg: Any) -> None:
            f"proximal step; select over space.operator=lora or prolora, or run SoRA itself with method=sora")
     _check(cfg.bilevel.unrolled_step in ("optimizer", "sgd"),
            f"bilevel.unrolled_step={cfg.bilevel.unrolled_step} is unknown; choose optimizer or sgd")
+    for key in ("bilevel.w_optimizer", "bilevel.alpha_optimizer"):
+        name = OmegaConf.select(cfg, f"{key}.name")
+        _check(name in ("adam", "shared_adam", "sgd"), f"{key}.name={name} is unknown; choose adam, shared_adam or sgd")
+    _check(not (cfg.bilevel.hypergradient == "second_order" and cfg.bilevel.unrolled_step == "optimizer"
+                and cfg.bilevel.w_optimizer.name == "shared_adam"),
+           "bilevel.w_optimizer.name=shared_adam has no virtual step for the second-order hypergradient (its shared "
+           "second moment couples every coordinate); use bilevel.unrolled_step=sgd, or w_optimizer adam or sgd")
     _check(cfg.grad_accum >= 1, f"grad_accum={cfg.grad_accum} must be a positive number of micro-batches per step")
     _check(cfg.checkpoint.every >= 0, f"checkpoint.every={cfg.checkpoint.every} must be >= 0 (0 turns checkpoints off)")
     _check(cfg.precision in PRECISIONS, f"precision={cfg.precision} is unknown; choose one of: {', '.join(PRECISIONS)}")

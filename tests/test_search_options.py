@@ -38,6 +38,10 @@ def run_search(overrides: list[str], seed: int = 0):
     ["+bilevel.regularizers.entropy=0.5", "+bilevel.regularizers.expected_budget=1.0"],
     ["+bilevel.regularizers.zero_one=1.0", "+bilevel.regularizers.beta_decay=0.1"],
     ["bilevel.warmup_steps=2"],
+    ["bilevel.w_optimizer.name=shared_adam"],  # no virtual step exists for it: first order never builds one
+    ["bilevel=second_order", "bilevel.warmup_steps=1", "bilevel.w_optimizer.name=shared_adam",
+     "bilevel.unrolled_step=sgd"],
+    ["bilevel.w_optimizer.name=sgd", "bilevel.w_optimizer.lr=0.1"],
 ])
 def test_every_search_option_runs_and_moves_the_dam(overrides: list[str]) -> None:
     _, space, outcome = run_search(overrides)

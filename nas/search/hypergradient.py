@@ -32,7 +32,8 @@ class BilevelProblem:
 
     ``virtual_step`` maps the gradients ∇_w L_w (aligned with ``inner``) to the update Δ of one inner step,
     w′ = w + Δ: the w-optimizer's own step (:func:`~nas.search.virtual_step.optimizer_virtual_step`) or DARTS' explicit
-    w′ = w − ξ∇_w L_w (:func:`~nas.search.virtual_step.sgd_virtual_step`). When it is None, ``inner_lr`` is that ξ.
+    w′ = w − ξ∇_w L_w (:func:`~nas.search.virtual_step.sgd_virtual_step`). ``build_virtual_step`` makes it on first use
+    instead (a first-order search never asks for it). When there is neither, ``inner_lr`` is that ξ.
     Every gradient goes through :meth:`grads`, which splits a batch into this process's micro-batches and sums
     their gradients over the processes (``parallel``, nas/engine/parallel.py): the global batch's gradient.
     """
@@ -44,9 +45,13 @@ class BilevelProblem:
     inner_lr: float | None = None
     virtual_step: VirtualStep | None = None
     parallel: Parallel = SINGLE
+    build_virtual_step: Callable[[], VirtualStep] | None = None
 
     def inner_step(self) -> VirtualStep:
-        """``virtual_step``, or the SGD step w′ = w − ξ∇_w L_w with ξ = ``inner_lr``."""
+        """``virtual_step`` (built by ``build_virtual_step`` the first time), or the SGD step w′ = w − ξ∇_w L_w with
+        ξ = ``inner_lr``."""
+        if self.virtual_step is None and self.build_virtual_step is not None:
+            self.virtual_step = self.build_virtual_step()
         if self.virtual_step is not None:
             return self.virtual_step
         if self.inner_lr is None:

@@ -243,7 +243,8 @@ def _search(settings: SearchSettings, supernet: SuperNet, backbone: Backbone, da
     alpha_optimizer = optimizer_from(b.alpha_optimizer, supernet.arch_parameters(), torch.optim.Adam)
     problem = BilevelProblem(model=supernet, loss_fn=loss_for(data.task), inner=inner,
                              outer={"dam_logits": supernet.dam_logits, "gate_probe": supernet.gate_probe},
-                             virtual_step=virtual_step_from(b, w_optimizer, list(inner.values())), parallel=parallel)
+                             build_virtual_step=lambda: virtual_step_from(b, w_optimizer, list(inner.values())),
+                             parallel=parallel)
     hypergradient = HYPERGRADIENTS.get(b.hypergradient)
     if b.alpha_shrink:
         hypergradient = shrunk_gates(hypergradient, supernet, b.alpha_shrink)
