@@ -61,6 +61,8 @@ def validate_run_config(cfg: Any) -> None:
            f"proximal step; select over space.operator=lora or prolora, or run SoRA itself with method=sora")
     _check(cfg.bilevel.unrolled_step in ("optimizer", "sgd"),
            f"bilevel.unrolled_step={cfg.bilevel.unrolled_step} is unknown; choose optimizer or sgd")
+    _check(cfg.bilevel.w_lr_start > 0, f"bilevel.w_lr_start={cfg.bilevel.w_lr_start} must be a positive factor on the "
+           f"w learning rate at the first search step, e.g. 0.3 (1 keeps the rate constant)")
     for key in ("bilevel.w_optimizer", "bilevel.alpha_optimizer"):
         name = OmegaConf.select(cfg, f"{key}.name")
         _check(name in ("adam", "shared_adam", "sgd"), f"{key}.name={name} is unknown; choose adam, shared_adam or sgd")

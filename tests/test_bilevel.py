@@ -8,6 +8,7 @@ from conftest import tiny_batch, tiny_bert
 
 from nas.search.bilevel import BilevelSearch, assert_disjoint
 from nas.search.hypergradient import HYPERGRADIENTS, BilevelProblem, first_order, second_order
+from nas.search.loop import w_lr_ramp
 from nas.search.relaxation import build_relaxation
 from nas.search.supernet import SuperNet
 from nas.search.virtual_step import optimizer_virtual_step
@@ -154,3 +155,25 @@ def test_shrunk_gates_take_the_hypergradient_at_a_fraction_of_every_gate_and_res
     torch.testing.assert_close(shrunk.grads[0], reference.grads[0])
     assert shrunk.alpha_loss == pytest.approx(reference.alpha_loss)
     assert not torch.allclose(shrunk.grads[0], plain.grads[0])
+
+
+def test_a_w_lr_ramp_sets_every_steps_rate_before_its_alpha_step_and_stays_a_function_of_the_step() -> None:
+    """The α-step's virtual step reads the group's lr when called (test above: it then predicts the w-step), so the
+    rate must be this step's already when the hypergradient runs."""
+    _, search = make_search()
+    search.w_lr_factor = w_lr_ramp(0.1, 4)
+    seen: list[float] = []
+    hypergradient = search.hypergradient
+
+    def spying(problem, w_batch, alpha_batch):  # noqa: ANN001, ANN202 (a hypergradient)
+        seen.append(search.w_optimizer.param_groups[0]["lr"])
+        return hypergradient(problem, w_batch, alpha_batch)
+
+    search.hypergradient = spying
+    for step in range(5):
+        search.step(tiny_batch(seed=step), tiny_batch(seed=step + 10))
+        expected = 1e-2 * 0.1 ** (1 - min(step, 3) / 3)
+        assert seen[-1] == pytest.approx(expected) and search.w_optimizer.param_groups[0]["lr"] == seen[-1]
+    assert w_lr_ramp(1.0, 4) is None and w_lr_ramp(3.0, 5)(0) == pytest.approx(3.0)  # > 1: a decay
+    with pytest.raises(ValueError, match="w_lr_start"):
+        w_lr_ramp(-1.0, 4)

@@ -68,5 +68,7 @@ class DiffoRA(Method):
                                 alpha_optimizer=f"{cfg.bilevel.alpha_optimizer.name}@{cfg.bilevel.alpha_optimizer.lr:g}",
                                 balance_lr=cfg.bilevel.balance_space if cfg.bilevel.balance_lr else "off",
                                 branch_init=cfg.bilevel.branch_init,
+                                w_optimizer=f"{cfg.bilevel.w_optimizer.name}@{cfg.bilevel.w_optimizer.lr:g}",
+                                w_lr_start=float(cfg.bilevel.w_lr_start),
                                 branch_size_units=cfg.bilevel.branch_size_units if cfg.bilevel.branch_size else None)
         return prepared

@@ -41,7 +41,8 @@ class BilevelSearch:
     def __init__(self, problem: BilevelProblem, hypergradient: HypergradientFn,
                  w_optimizer: torch.optim.Optimizer, alpha_optimizer: torch.optim.Optimizer,
                  w_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-                 grad_clip: float | None = 1.0, warmup_steps: int = 0, arch_penalty: ArchPenalty | None = None) -> None:
+                 grad_clip: float | None = 1.0, warmup_steps: int = 0, arch_penalty: ArchPenalty | None = None,
+                 w_lr_factor: Callable[[int], float] | None = None) -> None:
         assert_disjoint(w_optimizer, alpha_optimizer)
         self.problem = problem
         self.hypergradient = hypergradient
@@ -51,6 +52,10 @@ class BilevelSearch:
         self.grad_clip = grad_clip
         self.warmup_steps = warmup_steps
         self.arch_penalty = arch_penalty
+        self.w_lr_factor = w_lr_factor  # step → factor on every w group's initial lr (a pure function of the step, so a
+        # resumed search continues it exactly)
+        for group in w_optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
         self.steps_done = 0
         self.last_penalties: dict[str, float] = {}
         self.last_w_grad_norm: float | None = None
@@ -87,6 +92,10 @@ class BilevelSearch:
         return loss
 
     def step(self, w_batch: Batch, alpha_batch: Batch) -> StepStats:
+        if self.w_lr_factor is not None:  # before the α-step, whose virtual step reads the lr of this step's w-step
+            factor = self.w_lr_factor(self.steps_done)
+            for group in self.w_optimizer.param_groups:
+                group["lr"] = group["initial_lr"] * factor
         alpha_loss = None
         if self.steps_done >= self.warmup_steps:
             alpha_loss = self.alpha_step(w_batch, alpha_batch)

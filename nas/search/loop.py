@@ -3,8 +3,9 @@ every candidate with the selection criteria (nas/search/criteria.py)."""
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -115,6 +116,17 @@ def virtual_step_from(b: DictConfig, w_optimizer: torch.optim.Optimizer,
     if b.unrolled_step == "optimizer":
         return optimizer_virtual_step(w_optimizer, params, grad_clip=b.grad_clip)
     return sgd_virtual_step(b.unrolled_lr if b.unrolled_lr is not None else b.w_optimizer.lr)
+
+
+def w_lr_ramp(start: float, steps: int) -> Callable[[int], float] | None:
+    """The factor on the w learning rate at search step t: start^(1 − t/(steps − 1)), geometric from ``start`` at
+    the first step to 1 at the last (``bilevel.w_lr_start``); None when start = 1 (a constant rate)."""
+    if start == 1.0:
+        return None
+    if not (math.isfinite(start) and start > 0):
+        raise ConfigError(f"bilevel.w_lr_start={start} must be a positive factor on the w learning rate (1: constant)")
+    last = max(steps - 1, 1)
+    return lambda step: start ** (1.0 - min(step, last) / last)
 
 
 def relaxation_from(settings: SearchSettings) -> Relaxation:
@@ -250,7 +262,8 @@ def _search(settings: SearchSettings, supernet: SuperNet, backbone: Backbone, da
         hypergradient = shrunk_gates(hypergradient, supernet, b.alpha_shrink)
     bilevel = BilevelSearch(problem, hypergradient, w_optimizer, alpha_optimizer,
                             grad_clip=b.grad_clip, warmup_steps=b.warmup_steps,
-                            arch_penalty=dam_penalty(settings, supernet, space, budget_target))
+                            arch_penalty=dam_penalty(settings, supernet, space, budget_target),
+                            w_lr_factor=w_lr_ramp(b.w_lr_start, b.steps))
     names = criteria_to_score(settings.criterion.name, settings.criterion.record)
     gates = GateStatistics(supernet)
     scoring = ScoringInput(supernet, problem.loss_fn, fixed, int(settings.seed), gates)
