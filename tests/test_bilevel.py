@@ -177,3 +177,19 @@ def test_a_w_lr_ramp_sets_every_steps_rate_before_its_alpha_step_and_stays_a_fun
     assert w_lr_ramp(1.0, 4) is None and w_lr_ramp(3.0, 5)(0) == pytest.approx(3.0)  # > 1: a decay
     with pytest.raises(ValueError, match="w_lr_start"):
         w_lr_ramp(-1.0, 4)
+
+
+def test_a_gates_gradient_is_its_branchs_b_gradient_along_b_divided_by_the_gate() -> None:
+    """∂L/∂γ_m = ⟨∇_{B_m} L, B_m⟩ / γ_m for every LoRA branch (nas/search/hypergradient.py first_order)."""
+    net, _ = make_search()
+    batch = tiny_batch(seed=3)
+    net.gate_probe.grad = None
+    b_factors = {name: adapter.branch.lora_B for name, adapter in net.adapters.items()}
+    loss = cross_entropy(net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]), batch)
+    probe, *b_grads = torch.autograd.grad(loss, [net.gate_probe, *b_factors.values()])
+    gates = net.relaxed_matrix().detach()
+    for (name, b), grad in zip(b_factors.items(), b_grads, strict=True):
+        row, col = net.space.coordinate(name)
+        along = float((grad * b.detach()).sum()) / float(gates[row, col])
+        assert float(probe[row, col]) == pytest.approx(along, rel=1e-4, abs=1e-9)
+    assert float(probe.abs().max()) > 0  # B ≠ 0 here, so the gates do receive a gradient

@@ -87,7 +87,17 @@ HYPERGRADIENTS: Registry[HypergradientFn] = Registry("hypergradient")
 
 @HYPERGRADIENTS.register("first_order")
 def first_order(problem: BilevelProblem, w_batch: Batch, alpha_batch: Batch) -> Hypergradient:
-    """∇_α L_α(w, α): the unrolled gradient with ξ = 0 (DARTS first order)."""
+    """∇_α L_α(w, α): the unrolled gradient with ξ = 0 (DARTS first order).
+
+    For a gate γ_m that scales a LoRA branch ΔW_m = γ_m·s·B_m A_m this is, exactly,
+
+        ∂L_α/∂γ_m = ⟨∇_{B_m} L_α, B_m⟩ / γ_m,
+
+    the α-split's gradient for B_m along B_m itself: the gate moves only while the branch is under- (or over-)grown
+    along its own direction, and its gradient on the w-split is 0 wherever B_m is at a stationary point of L_w. What
+    the DAM ends up with is therefore a record of the search's path (how long and how strongly each branch stayed
+    under-grown), not a property of the trained supernet (tests/test_bilevel.py checks the identity).
+    """
     grads, loss = problem.grads(alpha_batch, list(problem.outer.values()))
     return Hypergradient(grads=grads, alpha_loss=loss)
 
