@@ -89,7 +89,7 @@ HYPERGRADIENTS: Registry[HypergradientFn] = Registry("hypergradient")
 def first_order(problem: BilevelProblem, w_batch: Batch, alpha_batch: Batch) -> Hypergradient:
     """∇_α L_α(w, α): the unrolled gradient with ξ = 0 (DARTS first order).
 
-    For a gate γ_m that scales a LoRA branch ΔW_m = γ_m·s·B_m A_m this is, exactly,
+    For a gate γ_m that scales a LoRA branch ΔW_m = γ_m·s·B_m A_m (no ``bilevel.branch_size``) this is, exactly,
 
         ∂L_α/∂γ_m = ⟨∇_{B_m} L_α, B_m⟩ / γ_m,
 
