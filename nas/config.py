@@ -115,6 +115,9 @@ class HardConcreteRelaxationConfig(RelaxationConfig):
     zeta: float = 1.1
 
 
+OPTIMIZER_NAMES = ("adam", "shared_adam", "sgd")  # bilevel.{w,alpha}_optimizer.name (nas/search/loop.py optimizer_from)
+
+
 @dataclass
 class OptimizerConfig:
     lr: float = MISSING

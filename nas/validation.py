@@ -10,6 +10,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from nas.config import OPTIMIZER_NAMES
 from nas.engine.precision import PRECISIONS
 from nas.errors import ConfigError
 
@@ -65,7 +66,7 @@ def validate_run_config(cfg: Any) -> None:
            f"w learning rate at the first search step, e.g. 0.3 (1 keeps the rate constant)")
     for key in ("bilevel.w_optimizer", "bilevel.alpha_optimizer"):
         name = OmegaConf.select(cfg, f"{key}.name")
-        _check(name in ("adam", "shared_adam", "sgd"), f"{key}.name={name} is unknown; choose adam, shared_adam or sgd")
+        _check(name in OPTIMIZER_NAMES, f"{key}.name={name} is unknown; choose {', '.join(OPTIMIZER_NAMES)}")
     _check(not (cfg.bilevel.hypergradient == "second_order" and cfg.bilevel.unrolled_step == "optimizer"
                 and cfg.bilevel.w_optimizer.name == "shared_adam"),
            "bilevel.w_optimizer.name=shared_adam has no virtual step for the second-order hypergradient (its shared "

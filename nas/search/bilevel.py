@@ -40,7 +40,6 @@ class BilevelSearch:
 
     def __init__(self, problem: BilevelProblem, hypergradient: HypergradientFn,
                  w_optimizer: torch.optim.Optimizer, alpha_optimizer: torch.optim.Optimizer,
-                 w_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
                  grad_clip: float | None = 1.0, warmup_steps: int = 0, arch_penalty: ArchPenalty | None = None,
                  w_lr_factor: Callable[[int], float] | None = None) -> None:
         assert_disjoint(w_optimizer, alpha_optimizer)
@@ -48,7 +47,6 @@ class BilevelSearch:
         self.hypergradient = hypergradient
         self.w_optimizer = w_optimizer
         self.alpha_optimizer = alpha_optimizer
-        self.w_scheduler = w_scheduler
         self.grad_clip = grad_clip
         self.warmup_steps = warmup_steps
         self.arch_penalty = arch_penalty
@@ -87,8 +85,6 @@ class BilevelSearch:
         norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip or float("inf"))
         self.last_w_grad_norm = float(norm)
         self.w_optimizer.step()
-        if self.w_scheduler is not None:
-            self.w_scheduler.step()
         return loss
 
     def step(self, w_batch: Batch, alpha_batch: Batch) -> StepStats:

@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from nas.config import BilevelConfig, CriterionConfig, OptimizerConfig, SpaceConfig
+from nas.config import OPTIMIZER_NAMES, BilevelConfig, CriterionConfig, OptimizerConfig, SpaceConfig
 from nas.engine.backbone import Backbone
 from nas.engine.checkpoint import Checkpointer, load_tensors, rng_state, set_rng_state, tensors
 from nas.engine.completions import class_labels
@@ -84,7 +84,7 @@ def optimizer_from(cfg: OptimizerConfig, params: list[Any], adam: type) -> torch
     if cfg.name == "shared_adam":
         return SharedAdam(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, eps=cfg.eps)
     if cfg.name != "adam":
-        raise ConfigError(f"optimizer name {cfg.name!r} is unknown; use adam, shared_adam or sgd")
+        raise ConfigError(f"optimizer name {cfg.name!r} is unknown; use one of {', '.join(OPTIMIZER_NAMES)}")
     return adam(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, eps=cfg.eps)
 
 
