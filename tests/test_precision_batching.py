@@ -8,7 +8,7 @@ from test_determinism import TOKENIZER, synthetic_data
 from test_methods import tiny_backbone
 
 from nas.engine.logger import NullLogger
-from nas.engine.precision import autocast
+from nas.engine.precision import autocast, cpu_bf16_is_native, precision_warning
 from nas.engine.training import LengthGroupedBatches, evaluate, finetune, make_loader
 from objectives import get_task
 
@@ -92,3 +92,29 @@ def test_the_schedule_matches_transformers_linear_warmup_and_decay() -> None:
         for _ in range(total + 3):
             assert ours.get_last_lr() == pytest.approx(theirs.get_last_lr(), abs=1e-12)
             ours.optimizer.step(), ours.step(), theirs.optimizer.step(), theirs.step()
+
+
+AVX2 = "processor\t: 0\nflags\t\t: fpu sse sse2 avx avx2 fma\n"
+AVX512_BF16 = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n"
+AMX = "processor\t: 0\nflags\t\t: fpu avx2 amx_bf16 amx_tile\n"
+
+
+@pytest.mark.parametrize(("cpuinfo", "native"), [(AVX2, False), (AVX512_BF16, True), (AMX, True),
+                                                 ("processor\t: 0\nFeatures\t: fp asimd\n", None)])
+def test_native_bf16_is_read_from_the_cpu_flags(cpuinfo: str, native: bool | None) -> None:
+    assert cpu_bf16_is_native(cpuinfo) is native
+
+
+@pytest.mark.parametrize(("device", "precision", "cpuinfo", "warns"), [
+    ("cpu", "bf16", AVX2, True),  # emulated bf16: the one case that warns
+    ("cpu", "bf16", AVX512_BF16, False),
+    ("cpu", "fp32", AVX2, False),
+    ("cuda", "bf16", AVX2, False),  # the GPU decides, not the host CPU
+    ("cpu", "bf16", "no flags line", False),  # unknown: no warning rather than a wrong one
+])
+def test_bf16_on_a_cpu_without_bf16_instructions_gets_a_warning_naming_the_fix(
+        device: str, precision: str, cpuinfo: str, warns: bool) -> None:
+    warning = precision_warning(device, precision, cpuinfo)
+    assert (warning is not None) is warns
+    if warns:
+        assert "precision=fp32" in warning and "avx512_bf16" in warning

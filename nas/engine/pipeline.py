@@ -24,6 +24,7 @@ from nas.engine.data import TaskData, prepare_data, prepare_planted_data
 from nas.engine.logger import Logger
 from nas.engine.outputs import seed_everything, write_json
 from nas.engine.parallel import SINGLE, Parallel
+from nas.engine.precision import precision_warning
 from nas.engine.training import count_parameters, evaluate, finetune, make_loader
 from nas.errors import ConfigError
 from nas.methods import METHODS, MethodContext, Prepared
@@ -94,6 +95,8 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, logger: Logger, checkpoint: Che
     parallel.check(int(cfg.bilevel.batch_size), "bilevel.batch_size")
     parallel.check(int(cfg.retrain.batch_size), "retrain.batch_size")
     total_start = time.perf_counter()
+    if parallel.is_main and (warning := precision_warning(cfg.device, cfg.precision)):
+        print(warning)
     seed_everything(cfg.seed)
     spec = planted_spec(cfg.task) if cfg.task.name == "planted" else None
     objective = str(cfg.task.objective)

@@ -13,10 +13,12 @@ second-order checks.
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
+from pathlib import Path
 
 import torch
 
 PRECISIONS = ("fp32", "bf16")
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of x86 CPUs with bf16 matrix instructions
 
 
 def autocast(device: str | torch.device, precision: str) -> AbstractContextManager:
@@ -25,3 +27,27 @@ def autocast(device: str | torch.device, precision: str) -> AbstractContextManag
         raise ValueError(f"precision={precision} is unknown; choose one of: {', '.join(PRECISIONS)}")
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
                           enabled=precision == "bf16")
+
+
+def cpu_bf16_is_native(cpuinfo: str | None = None) -> bool | None:
+    """Whether this x86 CPU has bf16 matrix instructions (a flag of :data:`NATIVE_BF16_FLAGS` in ``/proc/cpuinfo``,
+    or in ``cpuinfo`` when given); ``None`` where that cannot be read (not Linux, or not x86)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), None)
+    if flags is None:
+        return None
+    return any(flag in flags for flag in NATIVE_BF16_FLAGS)
+
+
+def precision_warning(device: str | torch.device, precision: str, cpuinfo: str | None = None) -> str | None:
+    """A warning for ``precision=bf16`` on a CPU without bf16 instructions, where autocast emulates bf16: measured
+    20–40× slower than fp32 on a 2-core AVX2 EPYC (a planted search at 10–20 s per step against 0.4 s), while on
+    an AVX512-BF16 CPU it is about 1.7× faster. ``None`` otherwise."""
+    if precision != "bf16" or torch.device(device).type != "cpu" or cpu_bf16_is_native(cpuinfo) is not False:
+        return None
+    return ("diffora: warning: precision=bf16 on a CPU without bf16 instructions (no avx512_bf16 or amx_bf16 flag): "
+            "autocast emulates bf16 there, many times slower than fp32; use precision=fp32 on this machine")
