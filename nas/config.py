@@ -141,6 +141,7 @@ class BilevelConfig:
     unrolled_step: str = "optimizer"  # second order's virtual step: optimizer (AdamW's own update) | sgd (w − ξ∇w)
     unrolled_lr: float | None = None  # ξ of unrolled_step=sgd; null: the w learning rate
     alpha_shrink: float = 0.0  # δ: α-steps take the hypergradient at (1 − δ)·γ (nas/search/loop.py: shrunk_gates)
+    alpha_shrink_fraction: float = 1.0  # share of the gates shrunk at each α-step, drawn independently per gate
     prune_stages: int = 0  # progressive pruning: at this many evenly spaced steps the lowest-scored live modules are
     # switched off for the rest of the search, the live count shrinking geometrically toward ⌈ρN⌉
     # (nas/search/pruning.py)

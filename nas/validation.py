@@ -96,6 +96,9 @@ def validate_run_config(cfg: Any) -> None:
     _check(cfg.model.dropout is None or 0.0 <= cfg.model.dropout < 1.0,
            f"model.dropout={cfg.model.dropout} must be in [0, 1), or null for the checkpoint's")
     _check(0.0 <= cfg.space.dropout < 1.0, f"space.dropout={cfg.space.dropout} must be in [0, 1)")
+    _check(0.0 < cfg.bilevel.alpha_shrink_fraction <= 1.0,
+           f"bilevel.alpha_shrink_fraction={cfg.bilevel.alpha_shrink_fraction} must be in (0, 1]: the share of gates "
+           f"each α-step shrinks (1 shrinks them all)")
     _check(0.0 <= cfg.bilevel.alpha_shrink < 1.0,
            f"bilevel.alpha_shrink={cfg.bilevel.alpha_shrink} must be in [0, 1): the α-steps see (1 − δ)·γ")
     size = cfg.bilevel.branch_size

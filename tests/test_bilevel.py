@@ -157,6 +157,48 @@ def test_shrunk_gates_take_the_hypergradient_at_a_fraction_of_every_gate_and_res
     assert not torch.allclose(shrunk.grads[0], plain.grads[0])
 
 
+def test_a_scaled_gate_passes_the_gradient_taken_at_the_scaled_point() -> None:
+    """∂L/∂Γ under a gate scale c is σ'(Γ)·∂L/∂γ′ at γ′ = c·γ (the probe's gradient there), per cell, not c times it."""
+    net, search = make_search()
+    batch = tiny_batch()
+    scale = torch.ones_like(net.gate_probe)
+    scale[0, 0], scale[1, 2] = 0.5, 0.25
+    net.gate_scale = scale
+    search.problem.outer["gate_probe"] = net.gate_probe
+    grads = first_order(search.problem, batch, batch).grads
+    net.gate_scale = 1.0
+    gamma = torch.sigmoid(net.dam_logits.detach())
+    torch.testing.assert_close(grads[0], grads[1] * gamma * (1 - gamma))
+    assert grads[1][0, 0] != 0 and grads[1][1, 2] != 0
+
+
+def test_shrinking_a_fraction_of_the_gates_draws_them_per_step_and_probes_the_drawn_ones() -> None:
+    from nas.search.loop import shrunk_gates
+
+    net, search = make_search()
+    batch = tiny_batch()
+    seen = []
+
+    def record(problem, w_batch, alpha_batch):  # noqa: ANN001, ANN202
+        seen.append(net.gate_scale.clone())
+        return first_order(problem, w_batch, alpha_batch)
+
+    torch.manual_seed(0)
+    probe = shrunk_gates(record, net, 0.5, fraction=0.3)
+    for _ in range(200):
+        probe(search.problem, batch, batch)
+    assert net.gate_scale == 1.0  # restored after each α-step
+    stacked = torch.stack(seen)
+    assert set(stacked.unique().tolist()) == {0.5, 1.0}
+    assert (stacked == 0.5).float().mean().item() == pytest.approx(0.3, abs=0.03)
+    assert not torch.equal(stacked[0], stacked[1])  # a new draw each α-step
+    torch.manual_seed(0)
+    again = []
+    shrunk_gates(lambda p, w, a: again.append(net.gate_scale.clone()) or first_order(p, w, a), net, 0.5,
+                 fraction=0.3)(search.problem, batch, batch)
+    assert torch.equal(again[0], stacked[0])  # torch's global generator decides (saved by checkpoints)
+
+
 def test_a_w_lr_ramp_sets_every_steps_rate_before_its_alpha_step_and_stays_a_function_of_the_step() -> None:
     """The α-step's virtual step reads the group's lr when called (test above: it then predicts the w-step), so the
     rate must be this step's already when the hypergradient runs."""

@@ -138,17 +138,27 @@ def relaxation_from(settings: SearchSettings) -> Relaxation:
     return build_relaxation(node["name"], node["init_mean"], node["init_std"], generator=sampler, **options)
 
 
-def shrunk_gates(hypergradient: HypergradientFn, supernet: SuperNet, shrink: float) -> HypergradientFn:
+def shrunk_gates(hypergradient: HypergradientFn, supernet: SuperNet, shrink: float,
+                 fraction: float = 1.0) -> HypergradientFn:
     """The hypergradient taken with every gate at (1 − shrink)·γ (``bilevel.alpha_shrink``); w-steps see γ. The
     whole α-step is shrunk (second order's unrolled step too), and so are the gate gradients that ``gate_saliency``
-    and ``fisher`` accumulate.
+    and ``fisher`` accumulate. Each gate's gradient is ∂L/∂γ taken at the shrunk point (not scaled by 1 − δ).
+
+    With ``fraction`` < 1 (``bilevel.alpha_shrink_fraction``) each α-step shrinks only a random share of the gates,
+    each independently with that probability (drawn from torch's global generator, which checkpoints save), the
+    others staying at γ: a gate is probed at (1 − δ)·γ while most of the rest still carry their part of the fit, so
+    the residual its branch sees is not inflated by every other branch shrinking at once.
 
     Once the branches fit, γ and B are redundant scales and ∂L/∂γ ≈ 0 at γ: the α-step sees only what is still
     under-trained. At (1 − δ)·γ the loss is L(γ) − δγ ∂L/∂γ + ½ δ²γ² c with c = ∂²L/∂γ², so ∂L/∂γ there ≈ −δγ·c: every
     gate is pushed up in proportion to how much its branch is needed (c), the curvature a removal would pay."""
 
     def shrunk(problem: BilevelProblem, w_batch: Batch, alpha_batch: Batch) -> Hypergradient:
-        supernet.gate_scale = 1.0 - shrink
+        if fraction >= 1.0:
+            supernet.gate_scale = 1.0 - shrink
+        else:
+            drawn = torch.rand(supernet.gate_probe.shape) < fraction
+            supernet.gate_scale = torch.where(drawn, 1.0 - shrink, 1.0).to(supernet.gate_probe.device)
         try:
             return hypergradient(problem, w_batch, alpha_batch)
         finally:
@@ -259,7 +269,7 @@ def _search(settings: SearchSettings, supernet: SuperNet, backbone: Backbone, da
                              parallel=parallel)
     hypergradient = HYPERGRADIENTS.get(b.hypergradient)
     if b.alpha_shrink:
-        hypergradient = shrunk_gates(hypergradient, supernet, b.alpha_shrink)
+        hypergradient = shrunk_gates(hypergradient, supernet, b.alpha_shrink, b.alpha_shrink_fraction)
     bilevel = BilevelSearch(problem, hypergradient, w_optimizer, alpha_optimizer,
                             grad_clip=b.grad_clip, warmup_steps=b.warmup_steps,
                             arch_penalty=dam_penalty(settings, supernet, space, budget_target),

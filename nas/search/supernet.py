@@ -54,7 +54,9 @@ class SuperNet(nn.Module):
         self.head_names = list(head_names)
         self.removed: set[str] = set()  # candidates whose branch is switched off (γ = 0), e.g. for perturbation
         self.pruned: set[str] = set()  # switched off for the rest of the search (bilevel.prune_stages)
-        self.gate_scale = 1.0  # multiplies every γ in forward (bilevel.alpha_shrink probes the α-loss at (1 − δ)·γ)
+        # multiplies γ in forward, one factor for all or a (layers, types) tensor (bilevel.alpha_shrink probes the
+        # α-loss at (1 − δ)·γ); ∂/∂γ is then ∂L/∂γ taken at the scaled point, not times the scale
+        self.gate_scale: float | torch.Tensor = 1.0
         for name in self.head_names:
             model.get_parameter(name).requires_grad_(True)
         self.branch_size = branch_size
@@ -116,7 +118,11 @@ class SuperNet(nn.Module):
         return discretize(self.export_probs())
 
     def forward(self, **batch: torch.Tensor):
-        matrix = self.relaxed_matrix() * self.gate_scale + self.gate_probe
+        relaxed = self.relaxed_matrix()
+        scale = self.gate_scale
+        if isinstance(scale, torch.Tensor) or scale != 1.0:  # value c·γ; the gradient passes as ∂L/∂(c·γ)
+            relaxed = relaxed + (scale - 1.0) * relaxed.detach()
+        matrix = relaxed + self.gate_probe
         for (name, adapter), (row, col) in zip(self.adapters.items(), self._coordinates, strict=True):
             off = name in self.removed or name in self.pruned
             gate = matrix[row, col] * 0.0 if off else matrix[row, col]
