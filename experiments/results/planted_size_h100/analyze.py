@@ -26,7 +26,9 @@ CRITERIA = ["dam", "perturbation", "gate_saliency", "fisher", "grad_norm", "bran
 PAIRS = [("Vsig", "Dsig"), ("Vsoft", "Dsoft"), ("Csig", "Dsig"), ("Csoft", "Dsoft"), ("CBsig", "Dsig"),
          ("CBsig", "Csig"), ("Vsig", "Csig"), ("Vsig2", "Vsig"), ("Vsoft2", "Vsoft"), ("C", "E05"), ("C0", "E05"),
          ("CF", "C"), ("Ngum", "Dgum"), ("Nhc", "Dhc"), ("L300", "C"), ("BO", "C"), ("R32", "C"),
-         ("EI", "C"), ("VO", "C"), ("WS", "C"), ("LW3", "C"), ("WU30", "C"), ("RAMP", "C"), ("VO300", "L300")]
+         ("EI", "C"), ("VO", "C"), ("WS", "C"), ("LW3", "C"), ("WU30", "C"), ("RAMP", "C"), ("VO300", "L300"),
+         ("Cf", "C"), ("SH5f", "Cf"), ("SF25", "Cf"), ("SF25L", "L300"), ("C1000", "L300"),
+         ("C1000soft", "L300soft")]
 
 
 def precision(run: dict, criterion: str = "dam") -> float:
