@@ -45,7 +45,7 @@ def cpu_bf16_is_native(cpuinfo: str | None = None) -> bool | None:
 
 def precision_warning(device: str | torch.device, precision: str, cpuinfo: str | None = None) -> str | None:
     """A warning for ``precision=bf16`` on a CPU without bf16 instructions, where autocast emulates bf16: measured
-    20–40× slower than fp32 on a 2-core AVX2 EPYC (a planted search at 10–20 s per step against 0.4 s), while on
+    25–50× slower than fp32 on a 2-core AVX2 EPYC (a planted search at 10–20 s per step against 0.4 s), while on
     an AVX512-BF16 CPU it is about 1.7× faster. ``None`` otherwise."""
     if precision != "bf16" or torch.device(device).type != "cpu" or cpu_bf16_is_native(cpuinfo) is not False:
         return None
