@@ -49,5 +49,5 @@ def precision_warning(device: str | torch.device, precision: str, cpuinfo: str |
     an AVX512-BF16 CPU it is about 1.7× faster. ``None`` otherwise."""
     if precision != "bf16" or torch.device(device).type != "cpu" or cpu_bf16_is_native(cpuinfo) is not False:
         return None
-    return ("diffora: warning: precision=bf16 on a CPU without bf16 instructions (no avx512_bf16 or amx_bf16 flag): "
-            "autocast emulates bf16 there, many times slower than fp32; use precision=fp32 on this machine")
+    return (f"diffora: warning: precision=bf16 on a CPU without bf16 instructions (no {' or '.join(NATIVE_BF16_FLAGS)} "
+            f"flag): autocast emulates bf16 there, many times slower than fp32; use precision=fp32 on this machine")
