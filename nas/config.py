@@ -165,6 +165,8 @@ class BilevelConfig:
         default_factory=lambda: OptimizerConfig(name="shared_adam", lr=3e-2, betas=[0.5, 0.999], weight_decay=1e-3)
     )
     w_optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=1e-3, weight_decay=0.0))
+    w_average: float = 0.0  # β: the α-steps read the debiased exponential average of w over the w-steps (Polyak),
+    # not the current w (nas/search/bilevel.py); 0: the current w
     w_lr_start: float = 1.0  # the w learning rate starts at w_lr_start·lr and moves geometrically to lr at the last
     # search step (every w group, the head's included; nas/search/loop.py w_lr_ramp); 1: constant
 

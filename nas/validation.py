@@ -99,6 +99,9 @@ def validate_run_config(cfg: Any) -> None:
     _check(0.0 < cfg.bilevel.alpha_shrink_fraction <= 1.0,
            f"bilevel.alpha_shrink_fraction={cfg.bilevel.alpha_shrink_fraction} must be in (0, 1]: the share of gates "
            f"each α-step shrinks (1 shrinks them all)")
+    _check(0.0 <= cfg.bilevel.w_average < 1.0,
+           f"bilevel.w_average={cfg.bilevel.w_average} must be in [0, 1): the decay β of the average of w that the "
+           f"α-steps read (0: the current w; 0.9 averages over about 10 w-steps)")
     _check(0.0 <= cfg.bilevel.alpha_shrink < 1.0,
            f"bilevel.alpha_shrink={cfg.bilevel.alpha_shrink} must be in [0, 1): the α-steps see (1 − δ)·γ")
     size = cfg.bilevel.branch_size

@@ -21,7 +21,8 @@ from nas.errors import ConfigError
 ARGS = ["task=mrpc", "debug=smoke", "logger=none", "retrain.export_adapter=false", "checkpoint.every=3",
         "bilevel.steps=9", "retrain.steps=9", "criterion.record=[dam,gate_saliency]",  # gate statistics resume too
         "bilevel.prune_stages=2",  # pruned after steps 3 and 6: the search's first checkpoint (step 3) holds one stage
-        "bilevel.alpha_shrink=0.5", "bilevel.alpha_shrink_fraction=0.5"]  # each α-step's random draw resumes too
+        "bilevel.alpha_shrink=0.5", "bilevel.alpha_shrink_fraction=0.5",  # each α-step's random draw resumes too
+        "bilevel.w_average=0.9"]  # and the average of w that the α-steps read
 ENV = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0"}
 
 

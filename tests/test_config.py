@@ -158,6 +158,7 @@ def test_relaxation_discretizer_ablation_is_the_full_grid() -> None:
     (["bilevel.unrolled_step=newton"], "bilevel.unrolled_step=newton is unknown"),
     (["bilevel.w_optimizer.name=lion"], "bilevel.w_optimizer.name=lion is unknown"),
     (["bilevel.w_lr_start=0"], "bilevel.w_lr_start=0.0 must be a positive factor"),
+    (["bilevel.w_average=1"], r"bilevel.w_average=1.0 must be in \[0, 1\)"),
     (["bilevel.alpha_shrink_fraction=0"], r"bilevel.alpha_shrink_fraction=0.0 must be in \(0, 1\]"),
     (["bilevel=second_order", "bilevel.w_optimizer.name=shared_adam"], "use bilevel.unrolled_step=sgd"),
 ])

@@ -43,6 +43,8 @@ def run_search(overrides: list[str], seed: int = 0):
      "bilevel.unrolled_step=sgd"],
     ["bilevel.w_optimizer.name=sgd", "bilevel.w_optimizer.lr=0.1"],
     ["bilevel.w_lr_start=0.3"],
+    ["bilevel.w_average=0.9"],
+    ["bilevel=second_order", "bilevel.warmup_steps=1", "bilevel.w_average=0.9"],
 ])
 def test_every_search_option_runs_and_moves_the_dam(overrides: list[str]) -> None:
     _, space, outcome = run_search(overrides)

@@ -69,7 +69,7 @@ class DiffoRA(Method):
                                 balance_lr=cfg.bilevel.balance_space if cfg.bilevel.balance_lr else "off",
                                 branch_init=cfg.bilevel.branch_init,
                                 w_optimizer=f"{cfg.bilevel.w_optimizer.name}@{cfg.bilevel.w_optimizer.lr:g}",
-                                w_lr_start=float(cfg.bilevel.w_lr_start),
+                                w_lr_start=float(cfg.bilevel.w_lr_start), w_average=float(cfg.bilevel.w_average),
                                 alpha_shrink=(f"{cfg.bilevel.alpha_shrink:g}@{cfg.bilevel.alpha_shrink_fraction:g}"
                                               if cfg.bilevel.alpha_shrink else "off"),
                                 branch_size_units=cfg.bilevel.branch_size_units if cfg.bilevel.branch_size else None)

@@ -4,11 +4,19 @@ The α-step applies whichever hypergradient method it is given; the w-step is on
 ∇_w L_w(w, α) (clipped to global norm ``grad_clip``) over the inner variables only. The two optimizers share
 no parameter (checked on creation). A second-order hypergradient that unrolls "the optimizer's own step"
 predicts exactly this w-step when its virtual step is ``optimizer_virtual_step(w_optimizer, inner, grad_clip)``.
+
+With ``w_average`` = β > 0 the α-step reads, instead of the current w, their debiased exponential average over the
+w-steps so far (Polyak averaging): w̄_t = m_t / (1 − β^t), m_t = β·m_{t−1} + (1 − β)·w_t, m_0 = 0. A w-optimizer with
+a constant rate leaves w moving about its optimum; for a gate that scales a branch, ∂L_α/∂γ = ⟨∇_B L_α, B⟩/γ, and
+that motion adds E[δᵀHδ] > 0 to it (δ: the branch's distance from its optimum, H: the α-loss curvature), pushing
+every converged branch's gate down at a rate set by the w learning rate, not by the branch's use. The average
+removes most of the motion. The w-steps, and everything after the search, use the current w.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -41,7 +49,7 @@ class BilevelSearch:
     def __init__(self, problem: BilevelProblem, hypergradient: HypergradientFn,
                  w_optimizer: torch.optim.Optimizer, alpha_optimizer: torch.optim.Optimizer,
                  grad_clip: float | None = 1.0, warmup_steps: int = 0, arch_penalty: ArchPenalty | None = None,
-                 w_lr_factor: Callable[[int], float] | None = None) -> None:
+                 w_lr_factor: Callable[[int], float] | None = None, w_average: float = 0.0) -> None:
         assert_disjoint(w_optimizer, alpha_optimizer)
         self.problem = problem
         self.hypergradient = hypergradient
@@ -54,13 +62,20 @@ class BilevelSearch:
         # resumed search continues it exactly)
         for group in w_optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
+        if not 0.0 <= w_average < 1.0:
+            raise ValueError(f"w_average={w_average} must be in [0, 1): the decay β of the weights' average")
+        self.w_average = w_average
+        self.averaged: list[torch.Tensor] | None = (  # m_t of the module docstring; None when w_average = 0
+            [torch.zeros_like(p, dtype=torch.float32) for p in problem.inner.values()] if w_average else None)
+        self.averaged_steps = 0  # t of the module docstring
         self.steps_done = 0
         self.last_penalties: dict[str, float] = {}
         self.last_w_grad_norm: float | None = None
 
     def alpha_step(self, w_batch: Batch, alpha_batch: Batch) -> float:
         """α ← optimizer step along the hypergradient plus ∇_α of the DAM penalty (if any); only α changes."""
-        result = self.hypergradient(self.problem, w_batch, alpha_batch)
+        with self.reading_average():
+            result = self.hypergradient(self.problem, w_batch, alpha_batch)
         grads = [grad.detach() for grad in result.grads]
         if self.arch_penalty is not None:
             penalty, self.last_penalties = self.arch_penalty()
@@ -85,7 +100,36 @@ class BilevelSearch:
         norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip or float("inf"))
         self.last_w_grad_norm = float(norm)
         self.w_optimizer.step()
+        self._update_average(params)
         return loss
+
+    def _update_average(self, params: list[torch.nn.Parameter]) -> None:
+        if self.averaged is None:
+            return
+        with torch.no_grad():
+            for mean, parameter in zip(self.averaged, params, strict=True):
+                mean.mul_(self.w_average).add_(parameter.detach().float(), alpha=1.0 - self.w_average)
+        self.averaged_steps += 1
+
+    @contextmanager
+    def reading_average(self) -> Iterator[None]:
+        """Inside, the inner variables hold their debiased average w̄ (unchanged when ``w_average`` = 0 or before
+        the first w-step); on leaving, their current values again, whatever happened inside."""
+        if self.averaged is None or self.averaged_steps == 0:
+            yield
+            return
+        params = list(self.problem.inner.values())
+        current = [p.detach().clone() for p in params]
+        debias = 1.0 - self.w_average ** self.averaged_steps
+        with torch.no_grad():
+            for parameter, mean in zip(params, self.averaged, strict=True):
+                parameter.copy_(mean / debias)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for parameter, value in zip(params, current, strict=True):
+                    parameter.copy_(value)
 
     def step(self, w_batch: Batch, alpha_batch: Batch) -> StepStats:
         if self.w_lr_factor is not None:  # before the α-step, whose virtual step reads the lr of this step's w-step

@@ -273,7 +273,7 @@ def _search(settings: SearchSettings, supernet: SuperNet, backbone: Backbone, da
     bilevel = BilevelSearch(problem, hypergradient, w_optimizer, alpha_optimizer,
                             grad_clip=b.grad_clip, warmup_steps=b.warmup_steps,
                             arch_penalty=dam_penalty(settings, supernet, space, budget_target),
-                            w_lr_factor=w_lr_ramp(b.w_lr_start, b.steps))
+                            w_lr_factor=w_lr_ramp(b.w_lr_start, b.steps), w_average=b.w_average)
     names = criteria_to_score(settings.criterion.name, settings.criterion.record)
     gates = GateStatistics(supernet)
     scoring = ScoringInput(supernet, problem.loss_fn, fixed, int(settings.seed), gates)
@@ -297,6 +297,7 @@ def _search(settings: SearchSettings, supernet: SuperNet, backbone: Backbone, da
         return {"step": step, "inner": tensors(inner, "search", step), "outer": tensors(outer, "search", step),
                 "w_optimizer": w_optimizer.state_dict(),
                 "alpha_optimizer": alpha_optimizer.state_dict(), "steps_done": bilevel.steps_done,
+                "w_average": {"mean": bilevel.averaged, "steps": bilevel.averaged_steps},
                 "sampler": None if relaxation.generator is None else relaxation.generator.get_state(),
                 "gates": {"saliency": gates.saliency.clone(), "squares": gates.squares.clone(), "steps": gates.steps},
                 "trajectory": trajectory, "pruned": record.stages, "wall_s": time.perf_counter() - start,
@@ -310,6 +311,10 @@ def _search(settings: SearchSettings, supernet: SuperNet, backbone: Backbone, da
         w_optimizer.load_state_dict(saved["w_optimizer"])
         alpha_optimizer.load_state_dict(saved["alpha_optimizer"])
         bilevel.steps_done, trajectory[:] = int(saved["steps_done"]), saved["trajectory"]
+        if bilevel.averaged is not None:
+            for mean, value in zip(bilevel.averaged, saved["w_average"]["mean"], strict=True):
+                mean.copy_(value)
+            bilevel.averaged_steps = int(saved["w_average"]["steps"])
         if saved["sampler"] is not None:
             relaxation.generator.set_state(saved["sampler"])
         gates.saliency.copy_(saved["gates"]["saliency"])
