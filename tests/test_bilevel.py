@@ -237,34 +237,3 @@ def test_a_gates_gradient_is_its_branchs_b_gradient_along_b_divided_by_the_gate(
         assert float(probe[row, col]) == pytest.approx(along, rel=1e-4, abs=1e-9)
     assert float(probe.abs().max()) > 0  # B ≠ 0 here, so the gates do receive a gradient
 
-
-@pytest.mark.parametrize("beta", [0.0, 0.5])
-def test_the_alpha_step_reads_the_debiased_average_of_w_and_leaves_the_current_w(beta: float) -> None:
-    """w̄_t = Σ_i (1 − β) β^{t−i} w_i / (1 − β^t) over the values after each w-step (nas/search/bilevel.py); β = 0
-    reads the current w."""
-    _, search = make_search(w_average=beta)
-    inner = search.problem.inner
-    history: list[dict[str, torch.Tensor]] = []
-    seen: list[dict[str, torch.Tensor]] = []
-    hypergradient = search.hypergradient
-
-    def spying(problem, w_batch, alpha_batch):  # noqa: ANN001, ANN202 (a hypergradient)
-        seen.append({n: p.detach().clone() for n, p in inner.items()})
-        return hypergradient(problem, w_batch, alpha_batch)
-
-    search.hypergradient = spying
-    for step in range(3):
-        search.w_step(tiny_batch(seed=step))
-        history.append({n: p.detach().clone() for n, p in inner.items()})
-    current = {n: p.detach().clone() for n, p in inner.items()}
-    search.alpha_step(tiny_batch(seed=5), tiny_batch(seed=6))
-    t = len(history)
-    weights = [(1 - beta) * beta ** (t - 1 - i) for i in range(t)]
-    for name in inner:
-        expected = sum(w * h[name] for w, h in zip(weights, history, strict=True)) / (1 - beta ** t)
-        torch.testing.assert_close(seen[-1][name], expected, rtol=1e-5, atol=1e-7)
-        assert torch.equal(inner[name].detach(), current[name])  # restored after the α-step
-    if beta:
-        assert any(not torch.allclose(seen[-1][n], current[n]) for n in inner)  # the average is not the current w
-    with pytest.raises(ValueError, match=r"w_average=1.0 must be in \[0, 1\)"):
-        BilevelSearch(search.problem, first_order, search.w_optimizer, search.alpha_optimizer, w_average=1.0)

@@ -9,8 +9,9 @@ With ``w_average`` = β > 0 the α-step reads, instead of the current w, their d
 w-steps so far (Polyak averaging): w̄_t = m_t / (1 − β^t), m_t = β·m_{t−1} + (1 − β)·w_t, m_0 = 0. A w-optimizer with
 a constant rate leaves w moving about its optimum; for a gate that scales a branch, ∂L_α/∂γ = ⟨∇_B L_α, B⟩/γ, and
 that motion adds E[δᵀHδ] > 0 to it (δ: the branch's distance from its optimum, H: the α-loss curvature), pushing
-every converged branch's gate down at a rate set by the w learning rate, not by the branch's use. The average
-removes most of the motion. The w-steps, and everything after the search, use the current w.
+every converged branch's gate down at a rate set by the w learning rate, not by the branch's use. The average damps
+that motion: on a toy regression with a known optimum, β = 0.98 cuts the push by a quarter to two thirds
+(tests/test_weight_average.py). The w-steps, and everything after the search, use the current w.
 """
 
 from __future__ import annotations
