@@ -28,7 +28,8 @@ PAIRS = [("Vsig", "Dsig"), ("Vsoft", "Dsoft"), ("Csig", "Dsig"), ("Csoft", "Dsof
          ("CF", "C"), ("Ngum", "Dgum"), ("Nhc", "Dhc"), ("L300", "C"), ("BO", "C"), ("R32", "C"),
          ("EI", "C"), ("VO", "C"), ("WS", "C"), ("LW3", "C"), ("WU30", "C"), ("RAMP", "C"), ("VO300", "L300"),
          ("Cf", "C"), ("SH5f", "Cf"), ("SF25", "Cf"), ("SF25L", "L300"), ("C1000", "L300"),
-         ("C1000soft", "L300soft"), ("D1000", "C1000"), ("EMA9", "L300"), ("EMA98", "L300"), ("E1000", "C1000")]
+         ("C1000soft", "L300soft"), ("D1000", "C1000"), ("EMA9", "L300"), ("EMA98", "L300"), ("E1000", "C1000"),
+         ("E995", "C1000"), ("ED1000", "E1000")]
 
 
 def precision(run: dict, criterion: str = "dam") -> float:
