@@ -236,4 +236,3 @@ def test_a_gates_gradient_is_its_branchs_b_gradient_along_b_divided_by_the_gate(
         along = float((grad * b.detach()).sum()) / float(gates[row, col])
         assert float(probe[row, col]) == pytest.approx(along, rel=1e-4, abs=1e-9)
     assert float(probe.abs().max()) > 0  # B ≠ 0 here, so the gates do receive a gradient
-

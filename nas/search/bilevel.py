@@ -112,6 +112,18 @@ class BilevelSearch:
                 mean.mul_(self.w_average).add_(parameter.detach().float(), alpha=1.0 - self.w_average)
         self.averaged_steps += 1
 
+    def average_state(self) -> dict[str, object]:
+        """What a checkpoint keeps of the average (m_t and t)."""
+        return {"mean": self.averaged, "steps": self.averaged_steps}
+
+    def load_average_state(self, state: dict[str, object]) -> None:
+        if self.averaged is None:
+            return
+        with torch.no_grad():
+            for mean, value in zip(self.averaged, state["mean"], strict=True):
+                mean.copy_(value)
+        self.averaged_steps = int(state["steps"])
+
     @contextmanager
     def reading_average(self) -> Iterator[None]:
         """Inside, the inner variables hold their debiased average w̄ (unchanged when ``w_average`` = 0 or before

@@ -297,7 +297,7 @@ def _search(settings: SearchSettings, supernet: SuperNet, backbone: Backbone, da
         return {"step": step, "inner": tensors(inner, "search", step), "outer": tensors(outer, "search", step),
                 "w_optimizer": w_optimizer.state_dict(),
                 "alpha_optimizer": alpha_optimizer.state_dict(), "steps_done": bilevel.steps_done,
-                "w_average": {"mean": bilevel.averaged, "steps": bilevel.averaged_steps},
+                "w_average": bilevel.average_state(),
                 "sampler": None if relaxation.generator is None else relaxation.generator.get_state(),
                 "gates": {"saliency": gates.saliency.clone(), "squares": gates.squares.clone(), "steps": gates.steps},
                 "trajectory": trajectory, "pruned": record.stages, "wall_s": time.perf_counter() - start,
@@ -311,10 +311,7 @@ def _search(settings: SearchSettings, supernet: SuperNet, backbone: Backbone, da
         w_optimizer.load_state_dict(saved["w_optimizer"])
         alpha_optimizer.load_state_dict(saved["alpha_optimizer"])
         bilevel.steps_done, trajectory[:] = int(saved["steps_done"]), saved["trajectory"]
-        if bilevel.averaged is not None:
-            for mean, value in zip(bilevel.averaged, saved["w_average"]["mean"], strict=True):
-                mean.copy_(value)
-            bilevel.averaged_steps = int(saved["w_average"]["steps"])
+        bilevel.load_average_state(saved["w_average"])
         if saved["sampler"] is not None:
             relaxation.generator.set_state(saved["sampler"])
         gates.saliency.copy_(saved["gates"]["saliency"])
