@@ -54,11 +54,12 @@ def test_smoke_run_writes_all_outputs(tmp_path: Path) -> None:
     assert "mrpc dev {'accuracy'" in result.stdout
     variant = json.loads((tmp_path / "metrics.json").read_text())["variant"]  # what `diffora aggregate` splits rows by
     keys = ("prune_stages", "branch_size", "dam_init", "alpha_optimizer", "balance_lr", "branch_init", "w_optimizer",
-            "w_lr_start", "alpha_shrink", "w_average")
+            "w_lr_start", "alpha_shrink", "w_average", "search_steps")
     assert {k: variant[k] for k in keys} == {"prune_stages": 0, "branch_size": None, "dam_init": -3.0,
                                              "alpha_optimizer": "shared_adam@0.03", "balance_lr": "off",
                                              "branch_init": "kaiming", "w_optimizer": "adam@0.001", "w_lr_start": 1.0,
-                                             "alpha_shrink": "off", "w_average": 0.0}
+                                             "alpha_shrink": "off", "w_average": 0.98,
+                                             "search_steps": 6}
 
 
 def test_multirun_gives_one_folder_per_job(tmp_path: Path) -> None:

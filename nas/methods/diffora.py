@@ -63,6 +63,7 @@ class DiffoRA(Method):
         prepared.scores, prepared.criterion = outcome.criteria, criterion
         prepared.variant.update(relaxation=cfg.relaxation.name, discretizer=cfg.discretizer.name, criterion=criterion,
                                 rho=cfg.discretizer.rho, hypergradient=cfg.bilevel.hypergradient,
+                                search_steps=int(cfg.bilevel.steps),
                                 retrain_init=cfg.retrain.init, prune_stages=int(cfg.bilevel.prune_stages),
                                 branch_size=cfg.bilevel.branch_size, dam_init=float(cfg.relaxation.init_mean),
                                 alpha_optimizer=f"{cfg.bilevel.alpha_optimizer.name}@{cfg.bilevel.alpha_optimizer.lr:g}",

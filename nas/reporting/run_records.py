@@ -19,9 +19,11 @@ DEFAULT_VARIANT_KEYS = ("relaxation", "discretizer", "rho", "hypergradient", "re
                         "rank")
 MISSING = "?"
 # Variant keys whose metrics.json value is built from several config entries (e.g. alpha_optimizer = name@lr,
-# balance_lr = off | bilevel.balance_space, branch_size_units = null without branch_size): a config lookup cannot
-# reproduce them, so a run without metrics.json leaves them unknown rather than showing a value of another kind.
-DERIVED_VARIANT_KEYS = frozenset({"alpha_optimizer", "balance_lr", "branch_size_units", "dam_init", "w_optimizer"})
+# balance_lr = off | bilevel.balance_space, branch_size_units = null without branch_size, search_steps = bilevel.steps
+# or else task.search_steps): a config lookup cannot reproduce them, so a run without metrics.json leaves them unknown
+# rather than showing a value of another kind.
+DERIVED_VARIANT_KEYS = frozenset({"alpha_optimizer", "balance_lr", "branch_size_units", "dam_init", "search_steps",
+                                  "w_optimizer"})
 
 
 class AggregateWarning(UserWarning):
