@@ -29,7 +29,8 @@ PAIRS = [("Vsig", "Dsig"), ("Vsoft", "Dsoft"), ("Csig", "Dsig"), ("Csoft", "Dsof
          ("EI", "C"), ("VO", "C"), ("WS", "C"), ("LW3", "C"), ("WU30", "C"), ("RAMP", "C"), ("VO300", "L300"),
          ("Cf", "C"), ("SH5f", "Cf"), ("SF25", "Cf"), ("SF25L", "L300"), ("C1000", "L300"),
          ("C1000soft", "L300soft"), ("D1000", "C1000"), ("EMA9", "L300"), ("EMA98", "L300"), ("E1000", "C1000"),
-         ("E995", "C1000"), ("ED1000", "E1000")]
+         ("E995", "C1000"), ("ED1000", "E1000"), ("E1000", "C"), ("E1000soft", "C1000soft"),
+         ("E1000soft", "L300soft"), ("E1000soft", "E1000"), ("E150", "Cf"), ("E1000gum", "Ngum"), ("E1000hc", "Nhc")]
 
 
 def precision(run: dict, criterion: str = "dam") -> float:

@@ -16,7 +16,7 @@ HERE = Path(__file__).parent / "cpu"
 MISSED = {"random": "bert.encoder.layer.4.intermediate.dense", "grid": "bert.encoder.layer.5.output.dense"}
 VARIANTS = ["C", "L300", "BO", "R32", "EI", "VO", "WU30", "WS", "LW3", "RAMP", "VO300", "Cf", "SH5f", "SF25", "SF25L",
             "C1000", "C1000soft", "D1000", "EMA9", "EMA98", "E1000", "ED1000",
-            "E995"]
+            "E995", "E1000soft", "E150", "E1000gum", "E1000hc"]
 STEPS = (0, 30, 60, 90)
 
 
