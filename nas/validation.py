@@ -82,7 +82,7 @@ def validate_run_config(cfg: Any) -> None:
                 "space.rank", "task.max_length"):
         value = OmegaConf.select(cfg, key)
         _check(value >= 1, f"{key}={value} must be a positive integer")
-    for key in ("bilevel.steps", "retrain.steps", "bilevel.warmup_steps"):
+    for key in ("task.search_steps", "bilevel.steps", "retrain.steps", "bilevel.warmup_steps"):
         value = OmegaConf.select(cfg, key)
         _check(value is None and key == "retrain.steps" or value is not None and value >= 0,
                f"{key}={value} must be >= 0")

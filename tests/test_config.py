@@ -92,6 +92,7 @@ def test_unknown_group_option_lists_the_available_ones() -> None:
         ("precision=fp16", "precision=fp16 is unknown; choose one of: fp32, bf16"),
         ("task.epochs=null", "task=sst2 sets no default training length: set retrain.steps=N or retrain.epochs"),
         ("task.epochs=-1", "task.epochs=-1.0 must be a positive number of passes"),
+        ("task.search_steps=-1", "task.search_steps=-1 must be >= 0"),  # named, not the bilevel.steps it sets
     ],
 )
 def test_bad_values_name_the_problem_and_the_fix(override: str, message: str) -> None:
