@@ -58,12 +58,13 @@ class DiffoRA(Method):
         prepared = adapted_model(ctx, backbone, selected, cfg.space.operator, int(cfg.space.rank),
                                  cfg.space.operator_args, has_search=True,
                                  supernet=outcome.supernet if shared else None, gates=gates)
-        prepared.stage_metrics = {"search_steps": int(cfg.bilevel.steps), "search_wall_s": outcome.wall_s,
+        search_steps = int(cfg.bilevel.steps)  # a stage metric, and a variant key that splits aggregate rows
+        prepared.stage_metrics = {"search_steps": search_steps, "search_wall_s": outcome.wall_s,
                                   "diagnostics": summarize_dam(outcome.scores)}
         prepared.scores, prepared.criterion = outcome.criteria, criterion
         prepared.variant.update(relaxation=cfg.relaxation.name, discretizer=cfg.discretizer.name, criterion=criterion,
                                 rho=cfg.discretizer.rho, hypergradient=cfg.bilevel.hypergradient,
-                                search_steps=int(cfg.bilevel.steps),
+                                search_steps=search_steps,
                                 retrain_init=cfg.retrain.init, prune_stages=int(cfg.bilevel.prune_stages),
                                 branch_size=cfg.bilevel.branch_size, dam_init=float(cfg.relaxation.init_mean),
                                 alpha_optimizer=f"{cfg.bilevel.alpha_optimizer.name}@{cfg.bilevel.alpha_optimizer.lr:g}",

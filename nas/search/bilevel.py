@@ -117,6 +117,7 @@ class BilevelSearch:
         return {"mean": self.averaged, "steps": self.averaged_steps}
 
     def load_average_state(self, state: dict[str, object]) -> None:
+        """Restore what :meth:`average_state` kept (nothing to restore when ``w_average`` = 0)."""
         if self.averaged is None:
             return
         with torch.no_grad():
