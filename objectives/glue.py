@@ -179,6 +179,12 @@ def _features(task: GlueTask, label_name: str = "label") -> datasets.Features:
     return datasets.Features(feats)
 
 
+def glue_files(task: GlueTask | str, data_dir: str | Path) -> dict[str, Path]:
+    """The files :func:`load_glue` reads from ``data_dir``: split → ``data_dir/<task.folder>/{train,dev}.tsv``."""
+    folder = Path(data_dir).expanduser() / get_task(task).folder
+    return {split: folder / filename for split, filename in SPLIT_FILES.items()}
+
+
 def load_glue(task: GlueTask | str, data_dir: str | Path | None) -> datasets.DatasetDict:
     """Splits "train" and "validation" with columns ``text_fields + ("label",)``.
 
@@ -191,10 +197,8 @@ def load_glue(task: GlueTask | str, data_dir: str | Path | None) -> datasets.Dat
         return datasets.DatasetDict(
             {s: hub[s].select_columns(cols).cast(_features(task)) for s in SPLIT_FILES}
         )
-    folder = Path(data_dir).expanduser() / task.folder
     splits = {}
-    for split, filename in SPLIT_FILES.items():
-        path = folder / filename
+    for split, path in glue_files(task, data_dir).items():
         if not path.is_file():
             raise FileNotFoundError(
                 f"GLUE file not found: {path}. Set task.data_dir / env DIFFORA_GLUE_DIR to the folder "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +16,8 @@ import pytest
 import torch
 
 from nas.config import PROJECT_ROOT
-from nas.engine.checkpoint import Checkpointer, diff, identity
+from nas.engine.checkpoint import Checkpointer
+from nas.engine.identity import config_identity, diff
 from nas.errors import ConfigError
 
 ARGS = ["task=mrpc", "debug=smoke", "logger=none", "retrain.export_adapter=false", "checkpoint.every=3",
@@ -78,23 +80,66 @@ def test_resume_without_a_checkpoint_is_refused_and_writes_nothing(tmp_path: Pat
     assert not (tmp_path / "empty" / "selection.json").exists()
 
 
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def refused(run_dir: Path, *extra: str) -> str:
+    """Run into ``run_dir`` with ``extra``; assert it is refused and changes nothing there; its error line."""
+    before = snapshot(run_dir)
+    result = subprocess.run(command(run_dir, *extra), capture_output=True, text=True, timeout=120, env=ENV,
+                            cwd=PROJECT_ROOT)
+    assert result.returncode != 0, result.stdout[-2000:]
+    assert snapshot(run_dir) == before  # .hydra/, run.log and fingerprint.json included
+    return result.stderr.strip().splitlines()[-1]
+
+
 def test_resume_with_another_configuration_names_what_differs_and_keeps_the_run(reference: Path) -> None:
-    before = {p: p.read_bytes() for p in reference.rglob("*") if p.is_file() and p.name != "run.log"}
-    result = subprocess.run(command(reference, "resume=true", "seed=1", "discretizer.rho=0.25"),
-                            capture_output=True, text=True, timeout=120, env=ENV, cwd=PROJECT_ROOT)
-    assert result.returncode != 0
-    last = result.stderr.strip().splitlines()[-1]
+    last = refused(reference, "resume=true", "seed=1", "discretizer.rho=0.25")
     assert "from another configuration" in last and "seed: 0 → 1" in last and "discretizer.rho: 0.5 → 0.25" in last
-    after = {p: p.read_bytes() for p in reference.rglob("*") if p.is_file() and p.name != "run.log"}
-    assert after == before  # .hydra/ included: Hydra's rewrite is undone
+
+
+def test_resume_with_other_data_is_refused_naming_the_file(reference: Path, tmp_path: Path) -> None:
+    from test_run_folder import fake_data
+
+    last = refused(reference, "resume=true", f"task.data_dir={fake_data(tmp_path, marker=chr(10))}")
+    assert "from another configuration" in last and "data file train.tsv" in last and "data file dev.tsv" in last
+
+
+def test_a_finished_run_is_replaced_only_with_overwrite(reference: Path) -> None:
+    last = refused(reference)
+    assert "holds a finished run" in last and "overwrite=true" in last
+
+
+def test_skip_finished_reuses_nothing_of_another_configuration(reference: Path) -> None:
+    last = refused(reference, "skip_finished=true", "relaxation=softmax")
+    assert "of another configuration" in last and "relaxation.name: 'sigmoid' → 'softmax'" in last
+    assert "nothing was reused" in last
+
+
+def test_skip_finished_reuses_the_same_run(reference: Path) -> None:
+    before = snapshot(reference)
+    result = subprocess.run(command(reference, "skip_finished=true", "threads=1"), capture_output=True, text=True,
+                            timeout=120, env=ENV, cwd=PROJECT_ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "with the same fingerprint, skipped" in result.stdout and snapshot(reference) == before
+
+
+def test_resume_refused_on_a_finished_run_without_checkpoints_rewrites_nothing(reference: Path,
+                                                                             tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference, run_dir, ignore=shutil.ignore_patterns("checkpoint"))
+    last = refused(run_dir, "resume=true", "seed=1")
+    assert "holds no checkpoint" in last
 
 
 def test_identity_ignores_where_a_run_runs_but_not_what_it_computes() -> None:
     from conftest import compose_run
 
-    base = identity(compose_run([]))
-    assert identity(compose_run(["device=cuda", "threads=1", "checkpoint.every=5", "logger=none"])) == base
-    assert diff(base, identity(compose_run(["space.rank=4"]))) == ["space.rank: 8 → 4"]
+    base = config_identity(compose_run([]))
+    assert config_identity(compose_run(["device=cuda", "threads=1", "checkpoint.every=5", "logger=none",
+                                        "overwrite=true", "paths.log_dir=/elsewhere"])) == base
+    assert diff(base, config_identity(compose_run(["space.rank=4"]))) == ["space.rank: 8 → 4"]
 
 
 def test_checkpoints_are_due_every_n_steps_and_at_the_end(tmp_path: Path) -> None:
@@ -105,4 +150,4 @@ def test_checkpoints_are_due_every_n_steps_and_at_the_end(tmp_path: Path) -> Non
     assert Checkpointer(tmp_path, resume=True).load("search") == {"step": 3}
     assert checkpointer.load("search") is None  # only a resuming run loads
     with pytest.raises(ConfigError, match="holds no checkpoint"):
-        Checkpointer(tmp_path / "other", resume=True).start(None)
+        Checkpointer(tmp_path / "other", resume=True).start({})

@@ -52,7 +52,7 @@ def test_smoke_run_writes_all_outputs(tmp_path: Path) -> None:
     check_finished_run(tmp_path, "mrpc", 0)
     assert "selected 18/36 modules" in result.stdout + result.stderr
     assert "mrpc dev {'accuracy'" in result.stdout
-    variant = json.loads((tmp_path / "metrics.json").read_text())["variant"]  # what `diffora aggregate` splits rows by
+    variant = json.loads((tmp_path / "metrics.json").read_text())["variant"]  # the method's own settings, as recorded
     keys = ("prune_stages", "branch_size", "dam_init", "alpha_optimizer", "balance_lr", "branch_init", "w_optimizer",
             "w_lr_start", "alpha_shrink", "w_average", "search_steps")
     assert {k: variant[k] for k in keys} == {"prune_stages": 0, "branch_size": None, "dam_init": -3.0,
@@ -151,6 +151,7 @@ def test_bad_input_fails_with_one_clear_line(tmp_path: Path, overrides: list[str
     assert last_line.startswith("diffora: error:") and message in last_line, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert not (run_dir / "metrics.json").exists() and not (run_dir / "selection.json").exists()
+    assert (run_dir / "FAILED").read_text().strip().endswith(last_line.removeprefix("diffora: error: "))
 
 
 @pytest.mark.parametrize(("overrides", "stage"), [

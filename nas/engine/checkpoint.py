@@ -7,14 +7,13 @@ state is what its loop needs to go on exactly: the trained tensors (adapters, he
 the scheduler, the RNG states (python, numpy, torch CPU and CUDA, the relaxation's sampler), the number of
 batches each loader has given (the loaders are rebuilt with their seeds and fast-forwarded), and the loop's own
 records (trajectory, gate statistics, a method's hook state). Files are written atomically (temporary file, then
-rename), so a kill during a save leaves the previous checkpoint intact. ``config.json`` beside them holds the
-run's identity; ``resume=true`` refuses a run dir without a checkpoint, or whose identity differs, before it
-writes anything.
+rename), so a kill during a save leaves the previous checkpoint intact. ``fingerprint.json`` beside them holds the
+run's fingerprint (nas/engine/identity.py: config, model and data digests); ``resume=true`` refuses a run dir
+without a checkpoint, or whose fingerprint differs, before it writes anything.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -25,29 +24,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 
+from nas.engine import identity
 from nas.errors import ConfigError, NonFiniteError
 
-# Settings that may change between a run and its resumption: where and how it runs, not what it computes.
-VOLATILE = ("resume", "skip_finished", "threads", "device", "logger", "paths", "checkpoint",
-            "bilevel.log_every", "retrain.log_every", "task.data_dir", "model.name_or_path")
 FOLDER = "checkpoint"
-
-
-def identity(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config as flat ``key: value`` pairs, without the :data:`VOLATILE` settings."""
-    flat: dict[str, Any] = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, Mapping):
-            for key, value in node.items():
-                walk(value, f"{prefix}.{key}" if prefix else str(key))
-        elif not any(prefix == v or prefix.startswith(v + ".") for v in VOLATILE):
-            flat[prefix] = node
-
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
-    return flat
+RECORD = "fingerprint.json"  # the fingerprint of the run whose checkpoints these are
 
 
 def rng_state() -> dict[str, Any]:
@@ -120,42 +102,24 @@ class Checkpointer:
             return None
         return torch.load(path, map_location="cpu", weights_only=False)
 
-    def start(self, cfg: DictConfig) -> None:
-        """Before a run writes anything: on resume, check that a checkpoint of this very configuration is there;
-        otherwise record this configuration's identity for a later resume (when checkpoints are on)."""
-        record = self.folder / "config.json"
+    def start(self, fingerprint: Mapping[str, Any]) -> None:
+        """Before a run writes anything: on resume, check that a checkpoint of this very run (the same
+        :mod:`nas.engine.identity` fingerprint: config, model files, data files) is there, else refuse with what
+        differs; otherwise record the fingerprint beside the checkpoints this run will write (when they are on)."""
+        record = self.folder / RECORD
         if self.resume:
             stages = sorted(p.stem for p in self.folder.glob("*.pt")) if self.folder.is_dir() else []
-            if not stages or not record.exists():
+            saved = identity.read(record) if stages else None
+            if saved is None:
                 raise ConfigError(f"resume=true but {self.run_dir} holds no checkpoint; run it without resume=true "
                                   f"(with checkpoint.every=N to make one), or point hydra.run.dir at the run to "
                                   f"resume")
-            differ = diff(json.loads(record.read_text()), json.loads(json.dumps(identity(cfg), default=str)))
+            differ = identity.diff(saved, fingerprint)
             if differ:
-                if self.writer:
-                    self._restore_hydra_files()  # Hydra rewrote .hydra/ before this check: put the original back
                 raise ConfigError(f"resume=true, but the checkpoint in {self.folder} is from another configuration: "
-                                  f"{'; '.join(differ[:6])}; resume with the original settings, or start a new run "
-                                  f"in another hydra.run.dir")
+                                  f"{'; '.join(differ[:6])}; resume with the original settings and inputs, or start "
+                                  f"a new run in another hydra.run.dir")
         elif self.every > 0 and self.writer:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            for stale in self.folder.glob("*.pt"):
-                stale.unlink()  # a new run in this dir: an older run's checkpoints must not be resumed into it
-            tmp = record.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(identity(cfg), indent=1, default=str))
-            os.replace(tmp, record)
-            hydra_copy = self.folder / "hydra"
-            hydra_copy.mkdir(exist_ok=True)
-            for path in (self.run_dir / ".hydra").glob("*.yaml"):
-                shutil.copyfile(path, hydra_copy / path.name)
-
-    def _restore_hydra_files(self) -> None:
-        for path in (self.folder / "hydra").glob("*.yaml"):
-            shutil.copyfile(path, self.run_dir / ".hydra" / path.name)
-
-
-def diff(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """``key: saved → current`` for every setting that differs (or exists on one side only)."""
-    keys = sorted(set(saved) | set(current))
-    return [f"{k}: {saved.get(k, '<unset>')!r} → {current.get(k, '<unset>')!r}" for k in keys
-            if saved.get(k, "<unset>") != current.get(k, "<unset>")]
+            if self.folder.is_dir():
+                shutil.rmtree(self.folder)  # a new run in this dir: an older run's checkpoints must not be resumed
+            identity.write(record, fingerprint)
