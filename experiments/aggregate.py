@@ -2,7 +2,7 @@
 
     python experiments/aggregate.py logs/multiruns/2025-01-01_12-00-00
     python experiments/aggregate.py logs/multiruns --out reports/ablation
-    python experiments/aggregate.py logs/multiruns/ablation --reference diffora --reference-label "rank=8"
+    python experiments/aggregate.py logs/multiruns/ablation --reference diffora --reference-label "space.rank=8"
 """
 
 import sys

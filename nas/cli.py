@@ -99,7 +99,7 @@ def aggregate_command(argv: list[str]) -> int:
                         help=f"method the paired differences are taken against (default: {DEFAULT_REFERENCE})")
     parser.add_argument("--reference-label", default=None, metavar="LABEL",
                         help="variant label of the reference row, needed only where the reference method has several "
-                             "rows in a task (e.g. 'rank=8', as printed in summary.md's variant column)")
+                             "rows in a task (e.g. 'space.rank=8', as printed in summary.md's variant column)")
     args = parser.parse_args(argv)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

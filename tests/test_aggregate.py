@@ -33,13 +33,24 @@ from nas.reporting.statistics import expected_jaccard
 ABLATION = {"sigmoid": "global_topk", "gumbel": "threshold"}
 
 
+def write_fingerprint(run_dir: Path, config: dict[str, Any]) -> None:
+    """fingerprint.json as the run writes it: the flat config without volatile keys (files left empty here)."""
+    (run_dir / "fingerprint.json").write_text(json.dumps({"config": config, "files": {}, "digest": "0" * 64}))
+
+
 def write_run(run_dir: Path, task: str = "mrpc", method: str = "diffora", seed: int = 0, score: float = 0.8,
               variant: dict[str, Any] | None = None, selected: list[str] | None = None,
-              candidates: int | None = None, **extra: Any) -> Path:
-    """A finished run folder as the pipeline writes it (metrics.json, optional selection.json, .hydra/);
-    ``candidates`` is selection.json's num_candidates (absent when None; metrics.json says 36)."""
+              candidates: int | None = None, config: dict[str, Any] | None = None, fingerprint: bool = True,
+              **extra: Any) -> Path:
+    """A finished run folder as the pipeline writes it (metrics.json, optional selection.json, fingerprint.json,
+    .hydra/); ``candidates`` is selection.json's num_candidates (absent when None; metrics.json says 36). The
+    fingerprint's config is seed, task.name, method.name and ``config`` (default: the variant's keys as they are);
+    ``fingerprint=False`` leaves it out (an older run without .hydra/config.yaml)."""
     run_dir.mkdir(parents=True)
     (run_dir / ".hydra").mkdir()
+    if fingerprint:
+        write_fingerprint(run_dir, {"seed": seed, "task.name": task, "method.name": method,
+                                    **(dict(variant or {}) if config is None else config)})
     metrics: dict[str, Any] = {
         "task": task, "method": method, "seed": seed, "metrics": {"accuracy": score, "f1": score + 0.05},
         "main_metric": "accuracy", "score": score, "majority_baseline": {"accuracy": 0.684, "f1": 0.812},
@@ -64,6 +75,12 @@ def write_config(run_dir: Path, task: str, method: str, seed: int, relaxation: s
     return run_dir
 
 
+def ablation_config(relaxation: str, discretizer: str) -> dict[str, Any]:
+    """The flat config keys of write_config's .hydra/config.yaml but seed, task and method."""
+    return {"relaxation.name": relaxation, "discretizer.name": discretizer, "discretizer.rho": 0.5, "space.rank": 8,
+            "space.operator": "lora"}
+
+
 def ablation_sweep(root: Path) -> Path:
     """mrpc: diffora × {sigmoid/global_topk, gumbel/threshold} × 2 seeds (rank constant) and lora × 1 seed."""
     job = 0
@@ -71,10 +88,11 @@ def ablation_sweep(root: Path) -> Path:
         for seed, score in enumerate((0.5, 0.7) if relaxation == "sigmoid" else (0.8, 0.8)):
             variant = {"relaxation": relaxation, "discretizer": discretizer, "rank": 8}
             write_run(root / f"{job}_mrpc_s{seed}", seed=seed, score=score, variant=variant,
+                      config=ablation_config(relaxation, discretizer),
                       selected=["q0", "k0", "v0"] if seed == 0 else ["q0", "k0", "v1"])
             job += 1
     write_run(root / f"{job}_mrpc_s0", method="lora", score=0.75, variant={"rank": 8}, trainable_params=300000,
-              effective_params=None, total_wall_s=45.0)
+              effective_params=None, total_wall_s=45.0, config={"space.rank": 8, "space.operator": "lora"})
     return root
 
 
@@ -86,18 +104,18 @@ def test_labels_name_only_the_varying_variant_keys(tmp_path: Path) -> None:
     runs = load_runs(ablation_sweep(tmp_path))
     assert len(runs) == 5 and all(r.status == "finished" for r in runs)
     labels = {(r.method, r.label) for r in runs}
-    assert labels == {("diffora", "relaxation=sigmoid, discretizer=global_topk"),
-                      ("diffora", "relaxation=gumbel, discretizer=threshold"), ("lora", "")}
+    assert labels == {("diffora", "discretizer=global_topk, relaxation=sigmoid"),
+                      ("diffora", "discretizer=threshold, relaxation=gumbel"), ("lora", "")}
     summaries = summarize(runs)
     assert [(s.method, s.label, s.n) for s in summaries] == [
-        ("diffora", "relaxation=gumbel, discretizer=threshold", 2),
-        ("diffora", "relaxation=sigmoid, discretizer=global_topk", 2), ("lora", "", 1)]
-    assert summaries[0].variant == {"relaxation": "gumbel", "discretizer": "threshold"}
+        ("diffora", "discretizer=global_topk, relaxation=sigmoid", 2),
+        ("diffora", "discretizer=threshold, relaxation=gumbel", 2), ("lora", "", 1)]
+    assert list(summaries[1].variant.items()) == [("discretizer", "threshold"), ("relaxation", "gumbel")]
 
 
 def test_mean_std_and_single_seed(tmp_path: Path) -> None:
     summaries = summarize(load_runs(ablation_sweep(tmp_path)))
-    sigmoid = group(summaries, "diffora", "relaxation=sigmoid, discretizer=global_topk")
+    sigmoid = group(summaries, "diffora", "discretizer=global_topk, relaxation=sigmoid")
     assert sigmoid.score_mean == pytest.approx(0.6) and sigmoid.score_std == pytest.approx(0.1414214, abs=1e-6)
     assert sigmoid.metrics["f1"] == (pytest.approx(0.65), pytest.approx(0.1414214, abs=1e-6))
     assert sigmoid.seeds == [0, 1] and sigmoid.baseline == pytest.approx(0.684)
@@ -119,7 +137,7 @@ def test_jaccard_on_hand_made_sets() -> None:
 def test_selection_stability_of_a_group(tmp_path: Path) -> None:
     summaries = summarize(load_runs(ablation_sweep(tmp_path)))
     # seed 0 {q0,k0,v0} vs seed 1 {q0,k0,v1}: 2 shared of 4
-    gumbel = group(summaries, "diffora", "relaxation=gumbel, discretizer=threshold")
+    gumbel = group(summaries, "diffora", "discretizer=threshold, relaxation=gumbel")
     assert gumbel.stability == pytest.approx(0.5)
     assert gumbel.stability_chance == pytest.approx(expected_jaccard(36, 3))  # N from metrics.json: no selection's
     assert group(summaries, "lora").stability_chance is None  # no selection.json
@@ -153,8 +171,8 @@ def test_failed_unfinished_and_corrupt_runs_are_counted(tmp_path: Path) -> None:
     assert sorted(r.status for r in runs).count("failed") == 2
     assert [r.rel_dir for r in runs if r.status == "unfinished"] == ["10_mrpc_s3"]
     summaries = summarize(runs)
-    gumbel = group(summaries, "diffora", "relaxation=gumbel, discretizer=threshold")
-    sigmoid = group(summaries, "diffora", "relaxation=sigmoid, discretizer=global_topk")
+    gumbel = group(summaries, "diffora", "discretizer=threshold, relaxation=gumbel")
+    sigmoid = group(summaries, "diffora", "discretizer=global_topk, relaxation=sigmoid")
     assert (gumbel.n, gumbel.failed, gumbel.unfinished) == (2, 1, 1)
     assert (sigmoid.n, sigmoid.failed, sigmoid.unfinished) == (2, 1, 0)
     assert "9_mrpc_s2: failed (RuntimeError: CUDA out of memory)" in gumbel.not_finished
@@ -165,10 +183,13 @@ def test_failed_unfinished_and_corrupt_runs_are_counted(tmp_path: Path) -> None:
 def test_an_unfinished_run_joins_its_group_whatever_the_variant_keys_derived_from_several_config_entries(
         tmp_path: Path) -> None:
     """balance_lr is "off" in metrics.json but a bool in the config, alpha_optimizer "name@lr" there but a group here:
+    rows come from the configs (fingerprint.json of the finished runs, .hydra/config.yaml of the unfinished one), so
     the unfinished run must not open a group of its own."""
     for seed, criterion in ((0, "dam"), (0, "random"), (1, "dam"), (1, "random")):
         write_run(tmp_path / f"{seed}_{criterion}_s{seed}", seed=seed,
-                  variant={"criterion": criterion, "balance_lr": "off", "alpha_optimizer": "shared_adam@0.03"})
+                  variant={"criterion": criterion, "balance_lr": "off", "alpha_optimizer": "shared_adam@0.03"},
+                  config={"criterion.name": criterion, "bilevel.balance_lr": False,
+                          "bilevel.alpha_optimizer.name": "shared_adam", "bilevel.alpha_optimizer.lr": 0.03})
     run_dir = tmp_path / "4_dam_s2"
     (run_dir / ".hydra").mkdir(parents=True)
     (run_dir / ".hydra" / "config.yaml").write_text(
@@ -185,19 +206,20 @@ def test_markdown_cells(tmp_path: Path) -> None:
     assert "Majority-class baseline (accuracy): 0.684" in markdown
     rows = [line for line in markdown.splitlines() if line.startswith("| ")]
     assert rows[0].startswith("| method | variant | n | accuracy (mean ± std) | f1 |")
-    assert rows[1] == ("| diffora | relaxation=gumbel, discretizer=threshold | 2 | 0.800 ± 0.000 | 0.850 ± 0.000 "
+    assert rows[2] == ("| diffora | discretizer=threshold, relaxation=gumbel | 2 | 0.800 ± 0.000 | 0.850 ± 0.000 "
                        "| 166,658 | 165,888 | 12.0 min | 0.500 (chance 0.051) | 0 | 0 |")
-    assert "| diffora | relaxation=sigmoid, discretizer=global_topk | 2 | 0.600 ± 0.141 |" in rows[2]
+    assert "| diffora | discretizer=global_topk, relaxation=sigmoid | 2 | 0.600 ± 0.141 |" in rows[1]
     assert rows[3] == "| lora | — | 1 | 0.750 ± — | 0.800 ± — | 300,000 | 300,000 | 45 s | — | 0 | 0 |"
 
 
 def test_two_factor_grid(tmp_path: Path) -> None:
-    """diffora varies in relaxation and discretizer: a grid, rows × columns, missing cells as —; lora gets none."""
+    """diffora varies in discretizer and relaxation: a grid, rows × columns (label keys in order), missing cells as —;
+    lora gets none."""
     markdown = to_markdown(summarize(load_runs(ablation_sweep(tmp_path))))
-    grid = markdown[markdown.index("diffora: relaxation × discretizer"):].splitlines()
-    assert grid[2] == "| relaxation \\ discretizer | threshold | global_topk |"
-    assert grid[4] == "| gumbel | 0.800 ± 0.000 (J = 0.50, chance 0.05) | — |"
-    assert grid[5] == "| sigmoid | — | 0.600 ± 0.141 (J = 0.50, chance 0.05) |"
+    grid = markdown[markdown.index("diffora: discretizer × relaxation"):].splitlines()
+    assert grid[2] == "| discretizer \\ relaxation | sigmoid | gumbel |"
+    assert grid[4] == "| global_topk | 0.600 ± 0.141 (J = 0.50, chance 0.05) | — |"
+    assert grid[5] == "| threshold | — | 0.800 ± 0.000 (J = 0.50, chance 0.05) |"
     assert "lora: " not in markdown
 
 
@@ -212,7 +234,8 @@ def test_csv_columns_and_png(tmp_path: Path) -> None:
                                      "metric/f1"]
     assert {"trainable_params", "effective_params", "total_wall_s", "search_wall_s", "train_wall_s",
             "num_selected", "run_dir"} <= set(run_rows[0])
-    assert run_rows[0]["run_dir"] == "2_mrpc_s0" and run_rows[0]["label"] == "relaxation=gumbel, discretizer=threshold"
+    assert run_rows[0]["run_dir"] == "0_mrpc_s0"
+    assert run_rows[0]["label"] == "discretizer=global_topk, relaxation=sigmoid"
     with paths["summary_csv"].open() as handle:
         summary_rows = list(csv.DictReader(handle))
     assert {"task", "method", "label", "n", "main_metric", "score_mean", "score_std", "metric/f1/mean",
@@ -222,7 +245,7 @@ def test_csv_columns_and_png(tmp_path: Path) -> None:
     lora = next(row for row in summary_rows if row["method"] == "lora")
     assert lora["score_std"] == "" and lora["selection_stability"] == "" and float(lora["score_mean"]) == 0.75
     assert lora["jaccard_chance"] == ""
-    sigmoid = next(row for row in summary_rows if row["label"].startswith("relaxation=sigmoid"))
+    sigmoid = next(row for row in summary_rows if row["label"].endswith("relaxation=sigmoid"))
     assert float(sigmoid["score_std"]) == pytest.approx(0.1414214, abs=1e-6) and sigmoid["n"] == "2"
     assert paths["summary_md"].read_text() == to_markdown(summaries)
     png = plot_summary(summaries, tmp_path / "out" / "summary.png")
@@ -252,7 +275,7 @@ def test_nested_sweeps_and_old_metrics(tmp_path: Path) -> None:
         paths["summary_md"].read_text())
     assert paths["paired_csv"].read_text().splitlines() == [
         "task,method,label,reference,reference_label,main_metric,n,seeds,mean_diff,std_diff,ci_low,ci_high,"
-        "t_pvalue,wilcoxon_pvalue"]
+        "t_pvalue,perm_pvalue"]
 
 
 def test_missing_or_empty_sweep_is_a_config_error(tmp_path: Path) -> None:
@@ -314,15 +337,32 @@ def test_paired_differences_against_random(tmp_path: Path) -> None:
     assert (r8["n"], r8["seeds"]) == ("2", "0 1")  # seed 5 has no random partner
     assert float(r4["mean_diff"]) == pytest.approx(np.mean([0.08, 0.06, 0.05]))
     assert float(r4["t_pvalue"]) == pytest.approx(stats.ttest_rel([0.78, 0.80, 0.76], [0.70, 0.74, 0.71]).pvalue)
-    assert float(r4["wilcoxon_pvalue"]) == pytest.approx(0.25)  # all three positive: 2 / 2^3
-    assert float(r4["ci_low"]) <= float(r4["mean_diff"]) <= float(r4["ci_high"])
+    assert float(r4["perm_pvalue"]) == 0.25  # all three positive: 2 / 2^3
+    half = stats.t.ppf(0.975, 2) * np.std([0.08, 0.06, 0.05], ddof=1) / np.sqrt(3)  # Student t-interval
+    assert (float(r4["ci_low"]), float(r4["ci_high"])) == pytest.approx((0.19 / 3 - half, 0.19 / 3 + half))
     markdown = paths["summary_md"].read_text()
     section = markdown[markdown.index("Paired differences vs random: d = row's accuracy"):].splitlines()
-    assert section[2] == "| method | variant | n pairs | mean d | std d | 95% CI | t-test p | Wilcoxon p |"
-    assert section[4].startswith("| diffora | rank=4 | 3 | +0.063 | 0.015 | [+0.050, +0.080] |")
+    assert section[2] == "| method | variant | n pairs | mean d | std d | 95% CI | t-test p | sign-flip p |"
+    assert section[4] == "| diffora | rank=4 | 3 | +0.063 | 0.015 | [+0.025, +0.101] | 0.019 | 0.250 |"
     assert section[5].startswith("| diffora | rank=8 | 2 | +0.025 |")
     assert "Paired differences vs random: skipped (no finished random run with a seed on rte" in markdown
     assert "recovery precision" not in markdown  # no run recorded recovery: no paired recovery section
+
+
+def test_accuracy_differences_are_taken_in_units_of_one_dev_example(tmp_path: Path) -> None:
+    """An accuracy is correct/|dev|: the pairing works in units of 1/|dev| when every run says |dev| (dev_examples)."""
+    from nas.reporting.aggregate import _groups, _resolutions
+
+    for seed, (ours, ref) in enumerate([(300, 290), (305, 301), (299, 300)]):
+        write_run(tmp_path / f"d{seed}", seed=seed, score=ours / 408 + 1e-13, dev_examples=408)
+        write_run(tmp_path / f"r{seed}", method="random", seed=seed, score=ref / 408, dev_examples=408)
+    runs = load_runs(tmp_path)
+    assert _resolutions(runs, _groups(runs), "score") == {"mrpc": 1 / 408}
+    test = paired_differences(runs).comparisons[0].test
+    assert test.mean == 13 / 3 / 408 and test.perm_pvalue == 0.5  # |Σ±(10, 4, 1)| ≥ 13 in 4 of the 8 patterns
+    write_run(tmp_path / "other_dev", seed=7, score=0.5, dev_examples=400)  # another dev set: no common unit
+    runs = load_runs(tmp_path)
+    assert _resolutions(runs, _groups(runs), "score") == {}
 
 
 def test_reference_option_and_ambiguous_reference(tmp_path: Path) -> None:
@@ -404,7 +444,7 @@ def test_search_variants_are_paired_on_recovery_precision(tmp_path: Path) -> Non
     row = rows["recovery precision"]
     assert (row["label"], row["reference_label"], row["n"]) == ("prune_stages=2", "prune_stages=0", "3")
     assert float(row["mean_diff"]) == pytest.approx(np.mean([2 / 9, 1 / 9, 3 / 9]))
-    assert float(row["wilcoxon_pvalue"]) == pytest.approx(0.25)
+    assert float(row["perm_pvalue"]) == 0.25  # exact in units of 1/|S| = 1/9
     assert float(rows["accuracy"]["mean_diff"]) == pytest.approx(0.02)
     markdown = paths["summary_md"].read_text()
     assert ("Paired differences in recovery precision vs diffora (prune_stages=0): d = row's recovery precision − "

@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from nas.reporting.statistics import BOOTSTRAP_RESAMPLES, PairedComparison, PairedReport  # noqa: E402
+from nas.reporting.statistics import PairedComparison, PairedReport  # noqa: E402
 
 if TYPE_CHECKING:
     from nas.reporting.aggregate import GroupSummary, RunRecord
@@ -195,13 +195,13 @@ def paired_section(task: str, main: str, paired: PairedReport) -> list[str]:
         return []
     ref = paired.reference + (f" ({comparisons[0].reference_label})" if comparisons[0].reference_label else "")
     caption = (f"{title} vs {ref}: d = row's {what} − {paired.reference}'s {what}, seed by seed over "
-               f"the seeds both ran; 95% CI: percentile bootstrap of mean d ({BOOTSTRAP_RESAMPLES:,} resamples); "
-               "p two-sided (with n pairs the smallest Wilcoxon p is 2/2^n)")
+               "the seeds both ran; 95% CI: Student t-interval of mean d; p two-sided: paired t-test and exact "
+               "sign-flip permutation test (with n pairs the smallest sign-flip p is 2/2^n)")
     rows = [[c.method, _variant(c.label), str(c.test.n), _signed(c.test.mean),
              "—" if c.test.std is None else f"{c.test.std:.3f}",
              "—" if c.test.ci is None else f"[{_signed(c.test.ci[0])}, {_signed(c.test.ci[1])}]",
-             format_p(c.test.t_pvalue), format_p(c.test.wilcoxon_pvalue)] for c in comparisons]
-    header = ["method", "variant", "n pairs", "mean d", "std d", "95% CI", "t-test p", "Wilcoxon p"]
+             format_p(c.test.t_pvalue), format_p(c.test.perm_pvalue)] for c in comparisons]
+    header = ["method", "variant", "n pairs", "mean d", "std d", "95% CI", "t-test p", "sign-flip p"]
     return ["", caption, "", *_table(header, rows)]
 
 
@@ -249,11 +249,11 @@ def _paired_row(c: PairedComparison, mains: dict[tuple[str, str, str], str | Non
     return {"task": c.task, "method": c.method, "label": c.label, "reference": c.reference,
             "reference_label": c.reference_label, "main_metric": mains.get((c.task, c.method, c.label)), "n": t.n,
             "seeds": c.seeds, "mean_diff": t.mean, "std_diff": t.std, "ci_low": t.ci[0] if t.ci else None,
-            "ci_high": t.ci[1] if t.ci else None, "t_pvalue": t.t_pvalue, "wilcoxon_pvalue": t.wilcoxon_pvalue}
+            "ci_high": t.ci[1] if t.ci else None, "t_pvalue": t.t_pvalue, "perm_pvalue": t.perm_pvalue}
 
 
 PAIRED_HEADER = ["task", "method", "label", "reference", "reference_label", "main_metric", "n", "seeds", "mean_diff",
-                 "std_diff", "ci_low", "ci_high", "t_pvalue", "wilcoxon_pvalue"]
+                 "std_diff", "ci_low", "ci_high", "t_pvalue", "perm_pvalue"]
 RECOVERY_HEADER = ["recovery_n", "recovery_precision_mean", "recovery_precision_std", "recovery_auc_mean",
                    "recovery_auc_std", "recovery_chance"]
 

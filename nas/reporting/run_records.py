@@ -1,5 +1,6 @@
-"""Reading a sweep folder: one :class:`RunRecord` per run folder, from its metrics.json, selection.json and
-.hydra/config.yaml, finished or not. Grouping, statistics and tables live in nas/reporting/aggregate.py."""
+"""Reading a sweep folder: one :class:`RunRecord` per run folder, finished or not: its results from metrics.json and
+selection.json, its config from fingerprint.json (or, for older runs, .hydra/config.yaml). Grouping, statistics and
+tables live in nas/reporting/aggregate.py."""
 
 from __future__ import annotations
 
@@ -10,20 +11,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from nas.engine import identity
 
 Status = Literal["finished", "failed", "unfinished"]
-# Variant keys looked up in .hydra/config.yaml for a run without metrics.json when no finished run of the
-# same (task, method) says which keys it has.
-DEFAULT_VARIANT_KEYS = ("relaxation", "discretizer", "rho", "hypergradient", "retrain_init", "prune_stages", "operator",
-                        "rank")
+# Where RunRecord.config was read from; "metrics.json variant" is the fallback for runs that kept neither config file.
+ConfigSource = Literal["fingerprint.json", ".hydra/config.yaml", "metrics.json variant", "none"]
+FULL_CONFIG_SOURCES: tuple[ConfigSource, ...] = ("fingerprint.json", ".hydra/config.yaml")
 MISSING = "?"
-# Variant keys whose metrics.json value is built from several config entries (e.g. alpha_optimizer = name@lr,
-# balance_lr = off | bilevel.balance_space, branch_size_units = null without branch_size, search_steps = bilevel.steps
-# or else task.search_steps): a config lookup cannot reproduce them, so a run without metrics.json leaves them unknown
-# rather than showing a value of another kind.
-DERIVED_VARIANT_KEYS = frozenset({"alpha_optimizer", "balance_lr", "branch_size_units", "dam_init", "search_steps",
-                                  "w_optimizer"})
 
 
 class AggregateWarning(UserWarning):
@@ -54,7 +50,9 @@ class RunRecord:
     task: str = MISSING
     method: str = MISSING
     seed: int | None = None
-    variant: dict[str, Any] = field(default_factory=dict)
+    variant: dict[str, Any] = field(default_factory=dict)  # metrics.json's own summary: shown in runs.csv, not grouped
+    config: dict[str, Any] = field(default_factory=dict)  # flat, without volatile keys: see read_config
+    config_source: ConfigSource = "none"
     label: str = ""
     main_metric: str | None = None
     score: float | None = None
@@ -67,6 +65,7 @@ class RunRecord:
     budget_target: int | None = None
     num_selected: int | None = None
     num_candidates: int | None = None
+    dev_examples: int | None = None
     train_steps: int | None = None
     search_steps: int | None = None
     search_wall_s: float | None = None
@@ -91,35 +90,66 @@ def find_run_dirs(sweep_dir: Path) -> list[Path]:
     return found
 
 
-def _flat_config(run_dir: Path) -> dict[str, Any]:
-    """.hydra/config.yaml as {dotted.path: value}; {} when absent or unreadable."""
-    path = run_dir / ".hydra" / "config.yaml"
+def _resolved(cfg: DictConfig, key: str, raw: Any) -> Any:
+    """``raw`` (a leaf of ``cfg`` at dotted ``key``) with its ``${…}`` interpolations resolved where that is possible
+    outside the run (``${seed}``, ``${task.search_steps}``); else the raw value, compared as text."""
+    if "${" not in json.dumps(raw, default=str):
+        return raw
     try:
-        data = yaml.safe_load(path.read_text()) if path.is_file() else None
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
-        return {}
-    flat: dict[str, Any] = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(value, f"{prefix}{key}.")
-        else:
-            flat[prefix[:-1]] = node
-
-    walk(data if isinstance(data, dict) else {}, "")
-    return flat
+        value = OmegaConf.select(cfg, key, throw_on_resolution_failure=True)
+        return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
+    except Exception:  # noqa: BLE001 (any resolver may fail here: a run-time resolver, an unset variable)
+        return raw
 
 
-def config_value(flat: dict[str, Any], key: str) -> Any:
-    """A variant key's value in the run config: ``<key>.name`` or the one leaf named ``key``; MISSING if unsure, and
-    always for the keys that metrics.json derives (``DERIVED_VARIANT_KEYS``)."""
-    if key in DERIVED_VARIANT_KEYS:
-        return MISSING
-    if f"{key}.name" in flat:
-        return flat[f"{key}.name"]
-    matches = [value for path, value in flat.items() if path.rsplit(".", 1)[-1] == key]
-    return matches[0] if len(matches) == 1 else MISSING
+def _hydra_config(path: Path) -> dict[str, Any] | None:
+    """.hydra/config.yaml as flat ``{dotted.key: value}`` without identity.is_volatile keys, interpolations resolved
+    where possible (:func:`_resolved`) and JSON-normalized like identity.config_identity; None when unreadable."""
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as error:  # noqa: BLE001 (OSError, YAML and OmegaConf errors alike)
+        warnings.warn(f"{path}: unreadable ({type(error).__name__}: {error}); the run is grouped without its config",
+                      AggregateWarning, stacklevel=4)
+        return None
+    if not isinstance(cfg, DictConfig):
+        return None
+    raw = identity.flatten(OmegaConf.to_container(cfg, resolve=False))
+    flat = {key: _resolved(cfg, key, value) for key, value in raw.items() if not identity.is_volatile(key)}
+    return json.loads(json.dumps(flat, default=str))
+
+
+def read_config(run_dir: Path) -> tuple[dict[str, Any], ConfigSource]:
+    """The run's flat config without volatile keys (nas/engine/identity.py), and where it was read: fingerprint.json's
+    ``config`` (written by the run before its work, resolved), else .hydra/config.yaml (runs older than
+    fingerprint.json; see :func:`_hydra_config`); ``({}, "none")`` without either."""
+    record = identity.read(run_dir / identity.FILENAME)
+    if record is not None and isinstance(record["config"], dict):
+        flat = {key: value for key, value in record["config"].items() if not identity.is_volatile(key)}
+        return flat, "fingerprint.json"
+    path = run_dir / ".hydra" / "config.yaml"
+    flat = _hydra_config(path) if path.is_file() else None
+    return (flat, ".hydra/config.yaml") if flat is not None else ({}, "none")
+
+
+def _number(value: Any) -> str:
+    try:
+        return f"{float(value):g}"
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def task_name(config: dict[str, Any]) -> str:
+    """The task as metrics.json names it, from a flat config: ``task.name``, or for ``task=planted`` the problem as
+    objectives.planted.PlantedSpec.label names it, ``planted-<pattern>-<target>``, ``x<outputs>`` when outputs > 1,
+    then ``-effect<e>`` or (without an effect) ``-size<s>``; MISSING without ``task.name``."""
+    name = str(config.get("task.name", MISSING))
+    if name != "planted":
+        return name
+    outputs = config.get("task.outputs") or 1
+    effect = config.get("task.effect")
+    strength = f"-effect{_number(effect)}" if effect is not None else f"-size{_number(config.get('task.size'))}"
+    return (f"planted-{config.get('task.pattern', MISSING)}-{config.get('task.target', MISSING)}"
+            + (f"x{outputs}" if str(outputs) != "1" else "") + strength)
 
 
 def _optional(data: dict[str, Any], *keys: str) -> Any:
@@ -140,6 +170,7 @@ def _finished_record(data: dict[str, Any], run_dir: Path, rel_dir: str) -> RunRe
         effective_params=_optional(data, "effective_params", "trainable_params"),
         total_params=_optional(data, "total_params"), budget_target=_optional(data, "budget_target"),
         num_selected=_optional(data, "num_selected"), num_candidates=_optional(data, "num_candidates"),
+        dev_examples=_optional(data, "dev_examples"),
         train_steps=_optional(data, "train_steps", "retrain_steps"), search_steps=_optional(data, "search_steps"),
         search_wall_s=_optional(data, "search_wall_s"), train_wall_s=_optional(data, "train_wall_s", "retrain_wall_s"),
         eval_wall_s=_optional(data, "eval_wall_s"), total_wall_s=_optional(data, "total_wall_s"),
@@ -189,9 +220,12 @@ def _read_recovery(data: Any, path: Path) -> Recovery | None:
         return None
 
 
-def load_run(run_dir: Path, root: Path) -> tuple[RunRecord, dict[str, Any]]:
+def load_run(run_dir: Path, root: Path) -> RunRecord:
+    """The run folder's RunRecord: results from metrics.json (task, method and seed from its config where there is
+    none), config from :func:`read_config`, or, for a finished run without either config file, metrics.json's
+    ``variant`` (``config_source="metrics.json variant"``)."""
     rel_dir = run_dir.relative_to(root).as_posix()
-    flat = _flat_config(run_dir)
+    config, source = read_config(run_dir)
     metrics_path = run_dir / "metrics.json"
     record = None
     if metrics_path.is_file():
@@ -208,11 +242,12 @@ def load_run(run_dir: Path, root: Path) -> tuple[RunRecord, dict[str, Any]]:
     else:
         record = RunRecord(run_dir, rel_dir, "unfinished")
     if record.status != "finished":
-        record.task = str(flat.get("task.name", MISSING))
-        if record.task == "planted":  # finished planted runs name their problem (PlantedSpec.label)
-            record.task = f"planted-{flat.get('task.pattern', MISSING)}-{flat.get('task.target', MISSING)}"
-        record.method = str(flat.get("method.name", flat.get("method", MISSING)))  # a group, or a plain string
-        record.seed = flat.get("seed")
+        record.task = task_name(config)
+        record.method = str(config.get("method.name", config.get("method", MISSING)))  # a group, or a plain string
+        record.seed = config.get("seed")
+    elif source == "none" and record.variant:
+        config, source = dict(record.variant), "metrics.json variant"
+    record.config, record.config_source = config, source
     record.selected, candidates = _read_selection(run_dir)
     record.num_candidates = candidates if candidates is not None else record.num_candidates
-    return record, flat
+    return record

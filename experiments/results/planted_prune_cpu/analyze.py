@@ -4,7 +4,7 @@
 
 Per variant and pattern: mean precision@9 / AUC of every criterion; paired precision differences of each variant's
 driving criterion against the same criterion in D (the defaults), over (pattern, seed) pairs, with the Wilcoxon
-signed-rank p and a bootstrap CI (nas.reporting.statistics.paired_test); and where each criterion's extra
+exact sign-flip p and a t-interval (nas.reporting.statistics.paired_test); and where each criterion's extra
 selections sit relative to S (a same-layer "twin" of a planted module: query↔key, value↔attention output, FFN
 input↔FFN output; or the same module type in an adjacent layer).
 """
@@ -68,9 +68,9 @@ def main() -> None:
         driving = runs[(variant, *keys[0])]["metrics"]["recovery"]["criterion"]
         x = [runs[(variant, p, s)]["metrics"]["recovery"]["by_criterion"][driving]["precision"] for p, s in keys]
         y = [runs[(base, p, s)]["metrics"]["recovery"]["by_criterion"][driving]["precision"] for p, s in keys]
-        test = paired_test(x, y)
+        test = paired_test(x, y, resolution=1 / 9)
         ci = "—" if test.ci is None else f"[{test.ci[0]:+.2f}, {test.ci[1]:+.2f}]"
-        p_value = "—" if test.wilcoxon_pvalue is None else f"{test.wilcoxon_pvalue:.2f}"
+        p_value = "—" if test.perm_pvalue is None else f"{test.perm_pvalue:.2f}"
         diffs = ", ".join(f"{a - b:+.2f}" for a, b in zip(x, y, strict=True))
         print(f"| {variant} − {base} | {driving} | {test.n} | {test.mean:+.3f} | {ci} | {p_value} | {diffs} |")
     print("\nPlanting strength (E05: task.effect=0.05, E2: 0.2) against D (0.1), paired over (pattern, seed), per "
@@ -82,8 +82,8 @@ def main() -> None:
         for c in ("dam", "perturbation", "gate_saliency"):
             x = [runs[(variant, p, s)]["metrics"]["recovery"]["by_criterion"][c]["precision"] for p, s in keys]
             y = [runs[("D", p, s)]["metrics"]["recovery"]["by_criterion"][c]["precision"] for p, s in keys]
-            test = paired_test(x, y)
-            p_value = "—" if test.wilcoxon_pvalue is None else f"{test.wilcoxon_pvalue:.3f}"
+            test = paired_test(x, y, resolution=1 / 9)
+            p_value = "—" if test.perm_pvalue is None else f"{test.perm_pvalue:.3f}"
             diffs = ", ".join(f"{a - b:+.2f}" for a, b in zip(x, y, strict=True))
             print(f"| {variant} | {c} | {test.n} | {test.mean:+.3f} | {p_value} | {diffs} |")
     print("\nExtra selections (selected, not planted) of D, by where they sit:\n")

@@ -4,7 +4,7 @@
     python experiments/results/planted_size_h100/analyze.py
 
 Per variant and pattern: mean precision@9 / AUC of every criterion. Then the DAM's precision of each variant against
-its reference, paired over (pattern, seed), with the Wilcoxon signed-rank p and a bootstrap CI
+its reference, paired over (pattern, seed), with the Wilcoxon exact sign-flip p and a t-interval
 (nas.reporting.statistics.paired_test). On the CPU the reference of the defaults is planted_prune_cpu's E05 (the same
 problem, seeds and settings). `diffora aggregate runs` gives the H100 rows per pattern; this pools both patterns.
 """
@@ -73,9 +73,9 @@ def pairs(runs: dict[tuple[str, str, int], dict]) -> None:
         if not keys:
             continue
         x, y = [precision(runs[(variant, *k)]) for k in keys], [precision(runs[(base, *k)]) for k in keys]
-        test = paired_test(x, y)
+        test = paired_test(x, y, resolution=1 / 9)
         ci = "—" if test.ci is None else f"[{test.ci[0]:+.2f}, {test.ci[1]:+.2f}]"
-        p_value = "—" if test.wilcoxon_pvalue is None else f"{test.wilcoxon_pvalue:.3f}"
+        p_value = "—" if test.perm_pvalue is None else f"{test.perm_pvalue:.3f}"
         diffs = ", ".join(f"{a - b:+.2f}" for a, b in zip(x, y, strict=True))
         print(f"| {variant} − {base} | {test.n} | {test.mean:+.3f} | {ci} | {p_value} | {diffs} |")
 
