@@ -230,6 +230,13 @@ class LoRAMethodConfig(MethodConfig):
 
 
 @dataclass
+class FixedMethodConfig(MethodConfig):
+    name: str = "fixed"
+    placement: str = "all"  # none | all | single:<i> | draw:<k>:<j> | list (nas/methods/fixed.py)
+    modules: list[str] | None = None  # with placement=list: the candidate names that carry LoRA
+
+
+@dataclass
 class PRoLoRAMethodConfig(LoRAMethodConfig):
     name: str = "prolora"
     sharing_in: int = 2  # m: copies of the A chunk along the input width
@@ -317,7 +324,8 @@ class RunConfig:
     seed: int = 0
     device: str = "cpu"
     threads: int | None = None  # torch CPU threads; null: torch's default (set 1 when a launcher runs jobs in parallel)
-    skip_finished: bool = False  # a run folder that already holds metrics.json is not run again (resumable sweeps)
+    skip_finished: bool = False  # reuse a finished run in the folder if its fingerprint.json matches (resumable sweeps)
+    overwrite: bool = False  # replace a finished run in the folder (otherwise a run into it is refused)
     precision: str = "fp32"  # fp32 | bf16: autocast of every forward pass; weights and optimizers stay fp32
     group_by_length: bool = False  # batches of similar length (seeded): less padding, same examples per epoch
     processes: int | None = None  # set: refuse to run unless exactly this many processes were launched (torchrun)
@@ -348,7 +356,7 @@ def register_configs() -> None:
         ("method", "diffora_schema", MethodConfig), ("method", "lora_schema", LoRAMethodConfig),
         ("method", "random_schema", MethodConfig), ("method", "prolora_schema", PRoLoRAMethodConfig),
         ("method", "adalora_schema", AdaLoRAMethodConfig), ("method", "sora_schema", SoRAMethodConfig),
-        ("method", "full_ft_schema", MethodConfig),
+        ("method", "full_ft_schema", MethodConfig), ("method", "fixed_schema", FixedMethodConfig),
         ("relaxation", "sigmoid_schema", RelaxationConfig), ("relaxation", "softmax_schema", RelaxationConfig),
         ("relaxation", "gumbel_schema", GumbelRelaxationConfig),
         ("relaxation", "hard_concrete_schema", HardConcreteRelaxationConfig),
