@@ -6,5 +6,6 @@ class ConfigError(ValueError):
 
 
 class NonFiniteError(FloatingPointError):
-    """A loss, a gradient or the DAM became NaN or ±inf; the message names the quantity, the stage and the step.
+    """A loss, a gradient, the DAM, a dev output or a dev metric became NaN or ±inf; the message names the quantity,
+    the stage and the step.
     The run stops: nothing is ranked, trained further or evaluated from it, and no ``metrics.json`` is written."""

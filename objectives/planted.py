@@ -143,23 +143,43 @@ def calibrate_effects(model: nn.Module, deltas: Mapping[str, torch.Tensor], data
 
     solved for c_m by up to ``rounds`` proportional steps from c_m = 1 (the effect is close to linear in c_m); a
     module whose effect stays more than ``tolerance`` (relative) off, e.g. an attention key whose softmax
-    saturates, is a ValueError naming it. A delta of a
+    saturates, is a ValueError naming it, and so is a non-finite effect, spread std(f(W)) or scale c_m (outputs
+    that overflow to NaN or ±inf, which ``abs(nan) > tolerance`` would let through). A delta of a
     given relative norm moves the outputs 20× more on some modules than on others (an FFN input matrix late in the
     network against an early attention key), so by weight norm alone some planted modules are invisible in the
     targets; by effect each is equally visible, and recovering all of S is possible in principle."""
+    if not (effect > 0 and math.isfinite(effect)):
+        raise ValueError(f"task.effect={effect} must be a positive fraction of the outputs' spread, e.g. 0.05, or "
+                         f"null to plant by relative weight norm (task.size)")
     base = model_outputs(model, dataset, tokenizer, device)
-    target = effect * float(base.std())
+    spread = float(base.std())
+    if not (spread > 0 and math.isfinite(spread)):
+        raise ValueError(f"the student's outputs on the {len(base)} calibration sentences have spread std={spread} "
+                         f"(non-finite or constant outputs), which task.effect is measured against; check that the "
+                         f"model's outputs are finite and vary across sentences, or plant by weight norm "
+                         f"(task.effect=null)")
+    target = effect * spread
+
+    def non_finite(name: str, scale: float, rms: float) -> ValueError:
+        return ValueError(f"the planted delta on {name} has a non-finite effect scale (c={scale:.3g} moves the outputs "
+                          f"by RMS {rms:.3g}: they overflow); lower task.effect or task.size, or plant by weight norm "
+                          f"(task.effect=null)")
+
     calibrated = {}
     for name, delta in deltas.items():
         scale, rms = 1.0, 0.0
         for _ in range(rounds + 1):
             moved = teacher_outputs(model, {name: delta * scale}, dataset, tokenizer, device)
             rms = float((moved - base).pow(2).mean().sqrt())
+            if not (math.isfinite(rms) and math.isfinite(scale)):
+                raise non_finite(name, scale, rms)
             if rms == 0.0:
                 raise ValueError(f"a delta on {name} does not move the outputs at all; it cannot be planted by effect")
             if abs(rms / target - 1.0) < tolerance / 5:
                 break
             scale *= target / rms
+        if not math.isfinite(scale):
+            raise non_finite(name, scale, rms)
         if abs(rms / target - 1.0) > tolerance:
             raise ValueError(f"a delta on {name} moves the outputs by {rms / float(base.std()):.3g}·std at best, not "
                              f"task.effect={effect}; lower task.effect, or plant by weight norm (task.effect=null)")

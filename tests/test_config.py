@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -200,3 +201,44 @@ def test_criteria_glue_sweeps_every_registered_criterion() -> None:
     cfg = compose_sweep(["experiment=criteria_glue"])
     assert sorted(cfg.hydra.sweeper.params.criterion.split(",")) == CRITERIA.names()
     assert cfg.retrain.epochs == 3 and cfg.hydra.sweeper.params.method == "diffora"
+
+
+@pytest.mark.parametrize(("overrides", "key"), [
+    (["task.max_train_samples=0"], "task.max_train_samples=0"),
+    (["task.max_eval_samples=-5"], "task.max_eval_samples=-5"),
+    (["bilevel.log_every=0"], "bilevel.log_every=0"),
+    (["retrain.log_every=0"], "retrain.log_every=0"),
+    (["threads=0"], "threads=0"),
+    (["processes=0"], "processes=0"),
+    (["space.layers=[]"], "space.layers=[]"),
+    (["task=planted", "task.k=0"], "task.k=0"),
+    (["task=planted", "task.rank=0"], "task.rank=0"),
+    (["task=planted", "task.outputs=0"], "task.outputs=0"),
+    (["task=planted", "task.pattern=grid", "task.layers=[-1]"], "task.layers=[-1]"),
+    (["method=lora", "method.rank=0"], "method.rank=0"),
+    (["method=sora", "method.rank=-1"], "method.rank=-1"),
+    (["method=prolora", "method.sharing_in=0"], "method.sharing_in=0"),
+    (["method=prolora", "method.sharing_out=0"], "method.sharing_out=0"),
+    (["method=prolora", "method.unshared_rank=-1"], "method.unshared_rank=-1"),
+    (["method=adalora", "method.target_r=0"], "method.target_r=0"),
+    (["method=adalora", "method.init_r=0"], "method.init_r=0"),
+    (["method=adalora", "method.tinit=-1"], "method.tinit=-1"),
+    (["method=adalora", "method.tfinal=-1"], "method.tfinal=-1"),
+    (["method=adalora", "method.deltaT=0"], "method.deltaT=0"),
+    (["discretizer=per_layer_topk", "discretizer.k=0"], "discretizer.k=0"),
+    (["discretizer=threshold", "discretizer.min_keep=0"], "discretizer.min_keep=0"),
+    (["discretizer=param_budget", "discretizer.target_params=0"], "discretizer.target_params=0"),
+])
+def test_bad_counts_are_refused_before_the_model_loads_naming_the_key(overrides: list[str], key: str) -> None:
+    """Before: task.max_train_samples=0 (and most of these) ended in a traceback after the model had loaded, or ran
+    (log_every=0 divides by zero at the first step). Each is one ConfigError opening with the key and its value."""
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)} (must|selects) "):
+        validate_run_config(compose_run(overrides))
+
+
+@pytest.mark.parametrize("overrides", [
+    ["task.max_train_samples=1", "task.max_eval_samples=null"], ["method=prolora", "method.unshared_rank=0"],
+    ["method=adalora", "method.tinit=0", "method.tfinal=0"], ["space.layers=[-1]"],
+])
+def test_the_smallest_valid_counts_pass(overrides: list[str]) -> None:
+    validate_run_config(compose_run(overrides))

@@ -70,7 +70,14 @@ def test_the_gate_probe_gradient_is_dL_dgamma() -> None:
             losses.append(float(loss_fn(net(**inputs), batch)))
             net.gate_probe.zero_()
     assert (losses[0] - losses[1]) / (2 * step) == pytest.approx(float(probe_grad[row, col]), rel=1e-5)
-    assert name in net.space.names
+    nudged = []  # the same ±step on the gate of module `name` alone, set on its branch: the probe cell is its γ
+    for sign in (1.0, -1.0):
+        handle = net.adapters[name].register_forward_pre_hook(
+            lambda module, _args, s=sign: setattr(module, "gate", module.gate + s * step))
+        with torch.no_grad():
+            nudged.append(float(loss_fn(net(**inputs), batch)))
+        handle.remove()
+    assert nudged == pytest.approx(losses, rel=1e-12, abs=0.0) and losses[0] != losses[1]
 
 
 def test_grad_norm_is_the_norm_of_the_mean_lora_b_gradient_at_init() -> None:

@@ -112,7 +112,9 @@ def test_adalora_ranks_shrink_to_the_target_budget(tmp_path: Path) -> None:
     ranks = final_ranks(prepared.hooks.layers)
     assert len(ranks) == 12
     assert sum(ranks.values()) == 2 * 12  # the global budget b(T) = target_r · modules
-    assert len(set(ranks.values())) > 1 or set(ranks.values()) == {2}
+    # allocated by importance, not cut to target_r everywhere: some modules keep more than 2 ranks (so others fewer),
+    # none more than init_r = 6 (this seeded run ends at ranks 1 to 4)
+    assert 2 < max(ranks.values()) <= 6 and min(ranks.values()) < 2
 
 
 def test_without_budget_allocation_adalora_is_plain_lora(tmp_path: Path) -> None:

@@ -8,8 +8,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_batch, tiny_bert
 from scipy import stats
+from transformers import GPT2Config, GPT2LMHeadModel
 
+from nas.engine.training import evaluate
+from nas.errors import NonFiniteError
 from objectives import (
     GLUE_TASKS,
     accuracy,
@@ -25,6 +29,7 @@ from objectives import (
     spearman,
     task_loss,
 )
+from objectives.lm import IGNORE, JSONL_TASK
 
 # confusion matrix: TP=5, FN=2, FP=1, TN=4  (n = 12)
 PRED = np.array([1] * 5 + [0] * 2 + [1] * 1 + [0] * 4)
@@ -159,3 +164,44 @@ def test_loss_shape_errors() -> None:
         task_loss(torch.zeros(4, 3), torch.zeros(4, dtype=torch.long), "sst2")
     with pytest.raises(ValueError, match="regression"):
         task_loss(torch.zeros(4, 2), torch.zeros(4), "stsb")
+
+
+# ---------------------------------------------------------------- evaluation refuses non-finite numbers
+
+
+def poisoned(model: torch.nn.Module, module: torch.nn.Module, row: int, column: int) -> torch.nn.Module:
+    """``model`` whose ``module`` output z[row, column] is NaN in every batch (a diverged head, say)."""
+
+    def hook(_module: torch.nn.Module, _inputs: tuple, out: torch.Tensor) -> torch.Tensor:
+        out = out.clone()
+        out[row, column] = float("nan")
+        return out
+
+    module.register_forward_hook(hook)
+    return model
+
+
+@pytest.mark.parametrize(("task", "num_labels", "outputs"), [("sst2", 2, 16), ("stsb", 1, 8)])
+def test_evaluation_refuses_non_finite_outputs_and_counts_them(task: str, num_labels: int, outputs: int) -> None:
+    """Before: NaN logits scored as class 0 (accuracy ≈ 0.5) and a NaN score reached metrics.json as NaN."""
+    model = tiny_bert(num_labels=num_labels)
+    poisoned(model, model.classifier, row=1, column=0)
+    batches = [tiny_batch(seed=seed) for seed in (0, 1)]  # 2 batches × 4 examples, one NaN output in each
+    if num_labels == 1:
+        batches = [{**b, "labels": b["labels"].float()} for b in batches]
+    with pytest.raises(NonFiniteError, match=fr"^evaluation: 2 of {outputs} model outputs \(2 of 8 examples\) are "
+                                             r"not finite; .*lower retrain.lr"):
+        evaluate(model, batches, get_task(task), "cpu")
+    assert not model.training  # restored to the mode it came in
+
+
+def test_evaluation_refuses_a_non_finite_metric() -> None:
+    """A causal-LM task's outputs are not checked one by one: a NaN completion loss must still stop the run."""
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=16, n_embd=16, n_layer=1, n_head=2)).eval()
+    poisoned(model, model.lm_head, row=0, column=2)
+    ids = torch.arange(1, 13).reshape(2, 6)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+             "labels": torch.where(torch.arange(6) >= 3, ids, torch.full_like(ids, IGNORE))}
+    with pytest.raises(NonFiniteError, match=r"^evaluation: 1 of 2 metrics are not finite \(completion_loss=nan\); "
+                                             r".*precision=fp32"):
+        evaluate(model, [batch], JSONL_TASK, "cpu")

@@ -219,3 +219,28 @@ def test_a_rho_that_keeps_fewer_modules_than_were_planted_is_refused() -> None:
     check_planted_fits(0.25, 36, 9)  # ρ = |S|/N fits exactly
     with pytest.raises(ConfigError, match=r"discretizer.rho=0.2 keeps 8 of 36 modules, fewer than the 9 planted.*0.25"):
         check_planted_fits(0.2, 36, 9)
+
+
+def test_a_delta_whose_outputs_overflow_is_refused_by_name_not_planted_as_nan() -> None:
+    """Before: RMS = NaN made c_m NaN, ``abs(nan) > tolerance`` was False, and NaN deltas were planted."""
+    model = tiny_bert(num_labels=4)
+    data = synthetic_data(16)
+    name = space_of(model).names[-1]
+    deltas = {name: torch.full_like(model.get_submodule(name).weight, 1e38)}  # finite, but its outputs overflow
+    with pytest.raises(ValueError, match=f"^the planted delta on {name} has a non-finite effect scale .* lower "
+                                         f"task.effect or task.size"):
+        calibrate_effects(model, deltas, data, TOKENIZER, "cpu", effect=0.05)
+
+
+@pytest.mark.parametrize(("effect", "poison", "message"), [
+    (float("nan"), False, "task.effect=nan must be a positive fraction"),
+    (0.05, True, r"have spread std=nan \(non-finite or constant outputs\).*task.effect=null"),
+])
+def test_a_non_finite_effect_or_spread_is_refused_before_any_delta(effect: float, poison: bool, message: str) -> None:
+    model = tiny_bert(num_labels=4)
+    if poison:
+        with torch.no_grad():
+            model.classifier.bias[0] = float("nan")
+    deltas = plant_deltas(model, [space_of(model).names[-1]], size=0.5, rank=2, seed=0)
+    with pytest.raises(ValueError, match=message):
+        calibrate_effects(model, deltas, synthetic_data(16), TOKENIZER, "cpu", effect=effect)

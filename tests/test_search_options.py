@@ -47,12 +47,18 @@ def run_search(overrides: list[str], seed: int = 0):
     ["bilevel=second_order", "bilevel.warmup_steps=1", "bilevel.w_average=0.9"],
 ])
 def test_every_search_option_runs_and_moves_the_dam(overrides: list[str]) -> None:
-    _, space, outcome = run_search(overrides)
+    """α-steps (with an α-loss) run exactly after the bilevel.warmup_steps w-only steps; the DAM holds still
+    during the warm-up and has moved by the last step."""
+    cfg, space, outcome = run_search([*overrides, "bilevel.log_every=1"])  # one trajectory entry per step
     assert set(outcome.scores) == set(space.names)
     assert all(0.0 <= v <= 1.0 for v in outcome.scores.values())
-    first, last = outcome.trajectory[0], outcome.trajectory[-1]
-    assert last["dam"] != first["dam"] or "warmup_steps=2" in "".join(overrides)
-    assert {"entropy", "spread", "collapse"} <= set(last)
+    warmup, trajectory = cfg.bilevel.warmup_steps, outcome.trajectory
+    assert [entry["step"] for entry in trajectory] == [0, 1, 2, 3] and warmup < 4
+    assert [entry["alpha_loss"] is None for entry in trajectory] == [step < warmup for step in range(4)]
+    dams = [entry["dam"] for entry in trajectory]
+    assert all(dam == dams[0] for dam in dams[:warmup])  # no α-step, no move
+    assert dams[-1] != dams[max(warmup - 1, 0)]  # moved since the warm-up's end (or since the first step)
+    assert {"entropy", "spread", "collapse"} <= set(trajectory[-1])
 
 
 def test_regularizer_values_are_logged_in_the_trajectory() -> None:

@@ -6,11 +6,12 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_batch, tiny_bert
+from conftest import compose_run, tiny_batch, tiny_bert
 from transformers import GPT2Config, GPT2ForSequenceClassification
 
 from nas.adapters.lora import LoRABranch
 from nas.adapters.operators import AdaptedLinear, inject_adapters
+from nas.search.loop import SearchSettings, relaxation_from
 from nas.search.relaxation import RELAXATIONS, build_relaxation
 from nas.search.supernet import SuperNet
 from search_spaces import build_search_space
@@ -97,13 +98,26 @@ def test_relaxation_limits(relaxation: str, logits: torch.Tensor, expected: list
     torch.testing.assert_close(weights, torch.tensor([expected]), atol=1e-6, rtol=0)
 
 
+# γ at the noise-free logit of each relaxation's configured init_mean (conf/relaxation/*.yaml): σ(−3) ≈ 0.047 where
+# the gates start near 0.05, else σ(0) = 1/2 (hard concrete: clamp(σ(0)(ζ − γ_l) + γ_l, 0, 1) = 1/2 too)
+CONFIGURED_START = {"sigmoid": 1 / (1 + math.exp(3.0)), "softmax": 1 / (1 + math.exp(3.0)), "gumbel": 0.5,
+                    "hard_concrete": 0.5}
+
+
 @pytest.mark.parametrize("relaxation", RELAXATIONS.names())
-def test_relaxation_init_is_small_noise_around_half(relaxation: str) -> None:
+def test_relaxation_init_is_small_noise_around_its_start(relaxation: str) -> None:
+    """init_mean 0 (DARTS) starts every gate near 1/2; the run's configured relaxation, built as the search
+    builds it, starts where CONFIGURED_START says (the default init_mean −3 of sigmoid and softmax)."""
     relax = build_relaxation(relaxation, init_std=1e-3)
     logits = relax.init_logits(3, 4, generator=torch.Generator().manual_seed(0))
     weights = relax.weights(logits, training=not relax.stochastic)  # stochastic ones sample in training
     assert weights.shape == (3, 4)
     assert torch.all((weights - 0.5).abs() < 1e-2)
+    assert set(CONFIGURED_START) == set(RELAXATIONS.names())
+    configured = relaxation_from(SearchSettings.from_config(compose_run([f"relaxation={relaxation}"])))
+    logits = configured.init_logits(3, 4, generator=torch.Generator().manual_seed(0))
+    weights = configured.weights(logits, training=not configured.stochastic)
+    assert torch.all((weights - CONFIGURED_START[relaxation]).abs() < 2e-3) and float(weights.std()) > 0
 
 
 def test_gates_receive_gradient_once_b_is_nonzero(batch: dict) -> None:

@@ -204,19 +204,37 @@ class TrainingHooks:
 def evaluate(model: nn.Module, loader: DataLoader, task: GlueTask, device: str,
              precision: str = "fp32") -> dict[str, float]:
     """The task's official GLUE metrics on every batch of ``loader`` (forward passes under ``precision``); a
-    causal-LM task's metrics come from :func:`~nas.engine.completions.evaluate_completions`."""
+    causal-LM task's metrics come from :func:`~nas.engine.completions.evaluate_completions`.
+
+    Every model output z_ij (logit or regression score) must be finite, and so must every metric: otherwise a
+    :class:`NonFiniteError` names the count #{(i, j): z_ij ∉ ℝ} (or the metric) and the fix, and no number is
+    returned (argmax over NaN logits would score as class 0, a NaN score would reach metrics.json as is)."""
+    fix = "the trained weights give NaN or ±inf; " + TRAINING_FIX
     if task.objective == "causal_lm":
-        return evaluate_completions(model, loader, task, device, precision)
-    was_training = model.training
-    model.eval()
-    predictions: list[np.ndarray] = []
-    labels: list[np.ndarray] = []
-    for batch in tqdm(loader, desc="evaluate", dynamic_ncols=True):
-        batch = to_device(batch, device)
-        inputs = model_inputs(batch)
-        with autocast(device, precision):
-            logits = model(**inputs).logits
-        predictions.append(predictions_from_logits(logits.float(), task))
-        labels.append(batch["labels"].cpu().numpy())
-    model.train(was_training)
-    return compute_metrics(task, np.concatenate(predictions), np.concatenate(labels))
+        metrics = evaluate_completions(model, loader, task, device, precision)
+    else:
+        was_training = model.training
+        model.eval()
+        predictions: list[np.ndarray] = []
+        labels: list[np.ndarray] = []
+        bad, total, bad_rows, rows = 0, 0, 0, 0
+        for batch in tqdm(loader, desc="evaluate", dynamic_ncols=True):
+            batch = to_device(batch, device)
+            inputs = model_inputs(batch)
+            with autocast(device, precision):
+                logits = model(**inputs).logits.float()
+            finite = torch.isfinite(logits).reshape(len(logits), -1)
+            bad, total = bad + int((~finite).sum()), total + finite.numel()
+            bad_rows, rows = bad_rows + int((~finite.all(dim=1)).sum()), rows + len(finite)
+            predictions.append(predictions_from_logits(logits, task))
+            labels.append(batch["labels"].cpu().numpy())
+        model.train(was_training)
+        if bad:
+            raise NonFiniteError(f"evaluation: {bad} of {total} model outputs ({bad_rows} of {rows} examples) are "
+                                 f"not finite; {fix}")
+        metrics = compute_metrics(task, np.concatenate(predictions), np.concatenate(labels))
+    broken = {name: value for name, value in metrics.items() if not math.isfinite(value)}
+    if broken:
+        raise NonFiniteError(f"evaluation: {len(broken)} of {len(metrics)} metrics are not finite "
+                             f"({', '.join(f'{k}={v}' for k, v in broken.items())}); {fix}")
+    return metrics
