@@ -18,7 +18,8 @@ from nas.errors import ConfigError
 
 COMMANDS = {"run": "one run of the Hydra app (search → train → evaluate); -m for a sweep",
             "aggregate": "tables, paired tests and a plot of a sweep folder",
-            "export": "a finished run's adapter in PEFT's format, or a merged model (--merge)"}
+            "export": "a finished run's adapter in PEFT's format, or a merged model (--merge)",
+            "bench": "the placement benchmark: build a table from placement_bench sweeps, show it, score criteria"}
 USAGE = "\n".join(["usage: diffora COMMAND [ARGS]", "", "commands:",
                    *(f"  {name:<10} {text}" for name, text in COMMANDS.items()), "",
                    "`diffora COMMAND --help` for each command's arguments."])
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
-    handlers = {"run": run_command, "aggregate": aggregate_command, "export": export_command}
+    handlers = {"run": run_command, "aggregate": aggregate_command, "export": export_command, "bench": bench_command}
     if command not in handlers:
         sys.exit(f"diffora: error: unknown command {command!r}; choose one of: {', '.join(COMMANDS)}")
     try:
@@ -113,6 +114,13 @@ def aggregate_command(argv: list[str]) -> int:
     for path in paths.values():
         print(f"wrote {path}")
     return 0
+
+
+def bench_command(argv: list[str]) -> int:
+    """``diffora bench {build,show,score,placements}`` (nas/bench/cli.py)."""
+    from nas.bench.cli import main as bench_main
+
+    return bench_main(argv)
 
 
 def export_command(argv: list[str]) -> int:

@@ -20,6 +20,31 @@ def _check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+# Integer counts the schema types but cannot bound: key → (least value, the fix). A key that the composed config
+# lacks (another method's or discretizer's option) or that is null (where the schema allows it) is not checked.
+COUNTS: dict[str, tuple[int, str]] = {
+    "task.max_train_samples": (1, "set the number of train examples to use, or null for all of them"),
+    "task.max_eval_samples": (1, "set the number of dev examples to use, or null for all of them"),
+    "task.k": (1, "plant at least one module, e.g. task.k=9"),
+    "bilevel.log_every": (1, "log every N search steps, e.g. bilevel.log_every=10"),
+    "retrain.log_every": (1, "log every N training steps, e.g. retrain.log_every=10"),
+    "threads": (1, "set threads=1 or more, or null for torch's default"),
+    "processes": (1, "set it to the number of processes torchrun starts, or null"),
+    "method.rank": (1, "set a rank such as 8, or null to solve it from the budget (else space.rank)"),
+    "method.sharing_in": (1, "set method.sharing_in=1 for no sharing along the input width"),
+    "method.sharing_out": (1, "set method.sharing_out=1 for no sharing along the output width"),
+    "method.unshared_rank": (0, "set method.unshared_rank=0 (all ranks shared) or more"),
+    "method.target_r": (1, "set a rank such as 8, or null to solve it from the budget (else space.rank)"),
+    "method.init_r": (1, "set a rank above method.target_r, or null for ⌈1.5·target_r⌉"),
+    "method.tinit": (0, "set the steps before pruning starts, or null for 15% of the steps"),
+    "method.tfinal": (0, "set the final steps at the target budget, or null for 35% of the steps"),
+    "method.deltaT": (1, "set the steps between two budget allocations, e.g. method.deltaT=1"),
+    "discretizer.k": (1, "keep at least one module per layer, or set discretizer.k=null to use rho"),
+    "discretizer.min_keep": (1, "keep at least one module, e.g. discretizer.min_keep=1"),
+    "discretizer.target_params": (1, "set a positive parameter budget, or null to use rho"),
+}
+
+
 def validate_run_config(cfg: Any) -> None:
     """Range and name checks that the schema cannot express; raises ConfigError naming the fix."""
     from nas.adapters.operators import OPERATORS
@@ -86,6 +111,17 @@ def validate_run_config(cfg: Any) -> None:
         value = OmegaConf.select(cfg, key)
         _check(value is None and key == "retrain.steps" or value is not None and value >= 0,
                f"{key}={value} must be >= 0")
+    for key, (least, fix) in COUNTS.items():
+        value = OmegaConf.select(cfg, key)
+        _check(value is None or value >= least,
+               f"{key}={value} must be {'a positive integer' if least == 1 else '>= 0'}; {fix}")
+    _check(cfg.space.layers is None or len(cfg.space.layers) > 0,
+           "space.layers=[] selects no layer; list layer indices (negative ones count from the end) or set "
+           "space.layers=null for all layers")
+    planted_layers = OmegaConf.select(cfg, "task.layers") if cfg.task.name == "planted" else None
+    _check(planted_layers is None or (len(planted_layers) > 0 and min(planted_layers) >= 0),
+           f"task.layers={planted_layers} must be 0-based layer indices of the search space (at least one, none "
+           f"negative); list them, or set task.layers=null for all layers")
     for key in ("retrain.epochs", "task.epochs"):
         epochs = OmegaConf.select(cfg, key)
         _check(epochs is None or (epochs > 0 and math.isfinite(epochs)),
@@ -137,6 +173,14 @@ def validate_run_config(cfg: Any) -> None:
            f"space.dropout")
     _check(cfg.method.name in METHODS,
            f"method={cfg.method.name} is unknown; choose one of: {', '.join(METHODS.names())}")
+    if cfg.method.name == "fixed":
+        from nas.methods.fixed import FORMS, PLACEMENT
+
+        placement = str(cfg.method.placement)
+        _check(PLACEMENT.fullmatch(placement) is not None,
+               f"method.placement={placement} is not a placement; use {FORMS}")
+        _check(placement != "list" or bool(cfg.method.modules),
+               "method.placement=list needs method.modules=[<candidate name>, ...] (names as in selection.json)")
     for key in ("method.lr", "method.weight_decay", "budget.target_params"):
         value = OmegaConf.select(cfg, key)
         _check(value is None or value >= 0, f"{key}={value} must be >= 0 (or null for the default)")

@@ -100,9 +100,10 @@ def test_the_diffora_command_lists_its_commands_and_is_installed() -> None:
 
     assert [e.value for e in entry_points(group="console_scripts") if e.name == "diffora"] == ["nas.cli:main"]
     result = diffora(["--help"])
-    assert result.returncode == 0 and all(f"  {c} " in result.stdout for c in ("run", "aggregate", "export"))
+    assert result.returncode == 0 and all(f"  {c} " in result.stdout for c in ("run", "aggregate", "export", "bench"))
     wrong = diffora(["serve"])
-    assert wrong.returncode != 0 and "unknown command 'serve'; choose one of: run, aggregate, export" in wrong.stderr
+    assert wrong.returncode != 0
+    assert "unknown command 'serve'; choose one of: run, aggregate, export, bench" in wrong.stderr
 
 
 def test_run_help_lists_only_options_a_user_can_pick() -> None:

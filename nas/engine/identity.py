@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -158,3 +159,17 @@ def run_fingerprint(cfg: DictConfig) -> dict[str, Any]:
     from nas.engine.backbone import resolve_model_path
 
     return fingerprint(cfg, resolve_model_path(str(cfg.model.name_or_path)), data_files(cfg.task))
+
+
+def code_version() -> str:
+    """The checkout's commit (``-dirty`` when tracked files changed); ``unknown`` without git. Provenance, written to
+    metrics.json; not part of the fingerprint (a run may be resumed or reused across a commit)."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")

@@ -21,6 +21,7 @@ from nas.engine.budget import describe, resolve_target
 from nas.engine.checkpoint import Checkpointer
 from nas.engine.completions import class_labels, prepare_completion_data
 from nas.engine.data import TaskData, prepare_data, prepare_planted_data
+from nas.engine.identity import code_version
 from nas.engine.logger import Logger
 from nas.engine.outputs import seed_everything, write_json
 from nas.engine.parallel import SINGLE, Parallel
@@ -161,7 +162,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, logger: Logger, checkpoint: Che
         "total_wall_s": time.perf_counter() - total_start,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: ru_maxrss is in KiB
         "variant": {**prepared.variant, "precision": cfg.precision, "group_by_length": cfg.group_by_length},
-        "method_config": OmegaConf.to_container(cfg.method, resolve=True),
+        "method_config": OmegaConf.to_container(cfg.method, resolve=True), "code_version": code_version(),
         **extra,
     }
     if truth is not None:

@@ -27,6 +27,7 @@ from nas.methods.base import METHODS, Method, MethodContext, Prepared
 from search_spaces.space import SearchSpace
 
 FORMS = "none, all, single:<i>, draw:<k>:<j> or list (with method.modules)"
+PLACEMENT = re.compile(r"none|all|list|single:\d+|draw:\d+:\d+")
 
 
 def draw_subset(n: int, k: int, seed: int, draw: int) -> list[int]:

@@ -1,0 +1,91 @@
+"""Scoring a selection criterion against a placement table (nas/bench/placement.py), NAS-Bench style.
+
+Two questions, each answered per seed s and then over seeds (mean, Student t-interval, nas/reporting/statistics.py):
+
+* **Does it rank modules like their real utility?** Spearman ρ_s and Kendall τ_s between the criterion's module
+  scores c_{m,s} (from a run at seed s) and the table's utilities u_{m,s} = score(single:m) − score(head only).
+* **Does its selection train better than random ones of the same size?** For a trained k-module selection with
+  score x_s, its percentile among the table's random k-subsets at the same seed,
+  P_s = 100 · (#{r < x_s} + ½ #{r = x_s}) / #draws: 50 is what a random selection gets on average.
+
+The **oracle** is the top-k modules by utility; its rank agreement is 1 by construction, so what matters is its
+percentile once trained. Choose on one set, report on another: :func:`held_out_oracle` picks the oracle of seed s
+from the mean utility of the *other* seeds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from scipy import stats
+
+from nas.bench.placement import PlacementTable, mean_utility
+from nas.errors import ConfigError
+from nas.reporting.statistics import mean_std, t_interval
+
+
+@dataclass(frozen=True)
+class OverSeeds:
+    """A per-seed quantity: its values by seed, their mean and the 95% t-interval of the mean (None below 2 seeds)."""
+
+    by_seed: dict[int, float]
+    mean: float | None
+    ci: tuple[float, float] | None
+
+    @classmethod
+    def of(cls, by_seed: Mapping[int, float]) -> OverSeeds:
+        values = [v for _, v in sorted(by_seed.items()) if math.isfinite(v)]
+        mean = mean_std(values)[0]
+        return cls(dict(sorted(by_seed.items())), mean, t_interval(values) if len(values) > 1 else None)
+
+
+def rank_agreement(scores: Mapping[str, float], utility: Mapping[str, float]) -> tuple[float, float]:
+    """(Spearman ρ, Kendall τ-b) between a criterion's scores and the utilities, on the modules both have."""
+    common = [m for m in utility if m in scores]
+    if len(common) < 3:
+        raise ConfigError(f"only {len(common)} modules have both a criterion score and a utility; the table needs "
+                          f"the single-module runs of this seed (placement single:i)")
+    x, y = [scores[m] for m in common], [utility[m] for m in common]
+    return float(stats.spearmanr(x, y).statistic), float(stats.kendalltau(x, y).statistic)
+
+
+def percentile(value: float, distribution: Sequence[float]) -> float:
+    """100 · (#{r < value} + ½ · #{r = value}) / n: the mid-rank percentile of ``value`` among ``distribution``."""
+    if not distribution:
+        raise ConfigError("no random subsets of this size at this seed in the table (placement draw:k:j)")
+    below = sum(r < value for r in distribution)
+    ties = sum(r == value for r in distribution)
+    return 100.0 * (below + 0.5 * ties) / len(distribution)
+
+
+def criterion_agreement(table: PlacementTable, scores_by_seed: Mapping[int, Mapping[str, float]]
+                        ) -> tuple[OverSeeds, OverSeeds]:
+    """Spearman and Kendall of a criterion over the seeds where both its scores and the table's utilities exist."""
+    spearman, kendall = {}, {}
+    for seed, scores in scores_by_seed.items():
+        utility = table.utility(seed)
+        if len(utility) >= 3:
+            spearman[seed], kendall[seed] = rank_agreement(scores, utility)
+    return OverSeeds.of(spearman), OverSeeds.of(kendall)
+
+
+def selection_percentiles(table: PlacementTable, scores_by_seed: Mapping[int, float], k: int) -> OverSeeds:
+    """The percentile of a trained k-selection's score at each seed among that seed's random k-subsets."""
+    return OverSeeds.of({seed: percentile(score, table.random_subsets(seed, k))
+                         for seed, score in scores_by_seed.items() if table.random_subsets(seed, k)})
+
+
+def top_k(utility: Mapping[str, float], k: int, order: Sequence[str]) -> list[str]:
+    """The k modules of highest utility (ties by the space's order), listed in the space's order."""
+    ranked = sorted(utility, key=lambda m: (-utility[m], order.index(m)))[:k]
+    return [m for m in order if m in ranked]
+
+
+def held_out_oracle(table: PlacementTable, seed: int, k: int) -> list[str]:
+    """The oracle of ``seed``: the top-k modules by the mean utility of the table's other seeds."""
+    others = [s for s in table.seeds if s != seed and table.utility(s)]
+    if not others:
+        raise ConfigError(f"the held-out oracle of seed {seed} needs the single-module runs of another seed")
+    return top_k(mean_utility(table, others), k, table.candidates)
