@@ -52,6 +52,8 @@ def test_smoke_run_writes_all_outputs(tmp_path: Path) -> None:
     check_finished_run(tmp_path, "mrpc", 0)
     assert "selected 18/36 modules" in result.stdout + result.stderr
     assert "mrpc dev {'accuracy'" in result.stdout
+    log = (tmp_path / "run.log").read_text()  # the job's log holds what the run printed
+    assert "selected 18/36 modules" in log and "mrpc dev {'accuracy'" in log and "train: 100%" in log
     variant = json.loads((tmp_path / "metrics.json").read_text())["variant"]  # the method's own settings, as recorded
     keys = ("prune_stages", "branch_size", "dam_init", "alpha_optimizer", "balance_lr", "branch_init", "w_optimizer",
             "w_lr_start", "alpha_shrink", "w_average", "search_steps")

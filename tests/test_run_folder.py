@@ -116,8 +116,10 @@ def test_skip_finished_reuses_only_the_same_fingerprint_and_overwrite_replaces(t
         claim = run_folder.claim(folder, OTHER, resume=False, skip_finished=skip, overwrite=True)
         assert claim.reuse is None and not claim.resume
     assert run_folder.claim(tmp_path / "new", OTHER, resume=False, skip_finished=True, overwrite=False).reuse is None
+    (folder / "checkpoint").mkdir()
+    (folder / "notes.txt").write_text("the user's own file")  # e.g. hydra.run.dir=. in a project folder
     run_folder.clear(folder)
-    assert list(folder.iterdir()) == []
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]  # only a run's own outputs are removed
 
 
 def test_resume_checks_the_checkpoints_fingerprint_and_names_what_differs(tmp_path: Path) -> None:

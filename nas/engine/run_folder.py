@@ -83,14 +83,19 @@ def claim(run_dir: Path, fingerprint: Mapping[str, Any], *, resume: bool, skip_f
     return Claim(resume=resume)
 
 
+# What a run writes into its folder (nas/engine/pipeline.py, the methods, the logger, checkpoints, this module); a
+# new run removes only these, so a run dir that also holds other files (a user's hydra.run.dir=.) keeps them.
+OUTPUTS = (FINISHED, FAILED, LOG, HYDRA_DIR, identity.FILENAME, "selection.json", "dam.png", "dam_trajectory.json",
+           "dam_trajectory.png", "adapter", "model", "checkpoint", "wandb")
+
+
 def clear(run_dir: Path) -> None:
-    """Remove an earlier run's files from ``run_dir`` (a new run there starts from an empty folder)."""
-    if not run_dir.is_dir():
-        return
-    for path in run_dir.iterdir():
+    """Remove an earlier run's outputs (:data:`OUTPUTS`) from ``run_dir``: a new run there starts clean."""
+    for name in OUTPUTS:
+        path = run_dir / name
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
-        else:
+        elif path.exists() or path.is_symlink():
             path.unlink()
 
 
