@@ -50,7 +50,7 @@ def validate_run_config(cfg: Any) -> None:
     from nas.adapters.operators import OPERATORS
     from nas.engine.logger import LOGGERS
     from nas.methods import METHODS
-    from nas.search.criteria import CRITERIA
+    from nas.search.criteria import CRITERIA, NORMALIZATIONS
     from nas.search.discretizer import DISCRETIZERS
     from nas.search.hypergradient import HYPERGRADIENTS
     from nas.search.relaxation import RELAXATIONS
@@ -79,8 +79,8 @@ def validate_run_config(cfg: Any) -> None:
     for name in cfg.criterion.record:
         _check(name in CRITERIA, f"criterion.record has {name}, which is unknown; choose among: "
                                  f"{', '.join(CRITERIA.names())}")
-    _check(cfg.criterion.normalize in ("none", "type"),
-           f"criterion.normalize={cfg.criterion.normalize} is unknown; choose none or type")
+    _check(cfg.criterion.normalize in NORMALIZATIONS,
+           f"criterion.normalize={cfg.criterion.normalize} is unknown; choose one of: {', '.join(NORMALIZATIONS)}")
     _check(cfg.criterion.batches >= 1, f"criterion.batches={cfg.criterion.batches} must be a positive integer")
     _check(not (cfg.method.name in ("diffora", "random") and cfg.space.operator == "sora"),
            f"space.operator=sora with method={cfg.method.name} would train SoRA's gates without their L1 term and "

@@ -199,7 +199,7 @@ def test_shared_adam_moves_gates_in_proportion_to_their_gradients() -> None:
 def test_type_normalization_gives_z_scores_within_each_module_type() -> None:
     space = supernet(trained=False).space
     raw = {c.name: (100.0 if c.module_type == "intermediate.dense" else 1.0) * (1 + c.layer) for c in space}
-    z = normalize_scores(raw, space, "type")
+    z = normalize_scores(raw, space, "within_type")
     for module_type in space.module_types:
         values = [z[c.name] for c in space if c.module_type == module_type]
         assert sum(values) == pytest.approx(0.0, abs=1e-12) and values == sorted(values)  # layer order kept

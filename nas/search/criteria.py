@@ -222,17 +222,17 @@ def score_stage(stage: Stage, names: Sequence[str], inputs: ScoringInput, search
     return results
 
 
-NORMALIZATIONS = ("none", "type")
+NORMALIZATIONS = ("none", "within_type")
 
 
 def normalize_scores(scores: Mapping[str, float], space: SearchSpace, how: str) -> Scores:
-    """``none``: the scores as they are. ``type``: z-scores within each module type, (s − mean_t) / std_t, so
-    that a criterion whose scale differs by module type (an FFN branch's gradient dwarfs a key branch's) ranks
-    layers within a type against one another; a type whose scores are all equal gets 0."""
+    """``none``: the scores as they are. ``within_type``: z-scores within each module type, (s − mean_t) / std_t
+    (population std), so that a criterion whose scale differs by module type (an FFN branch's gradient dwarfs a key
+    branch's) ranks layers within a type against one another; a type whose scores are all equal gets 0."""
+    if how not in NORMALIZATIONS:
+        raise ConfigError(f"criterion.normalize={how} is unknown; choose one of: {', '.join(NORMALIZATIONS)}")
     if how == "none":
         return dict(scores)
-    if how != "type":
-        raise ConfigError(f"criterion.normalize={how} is unknown; choose one of: {', '.join(NORMALIZATIONS)}")
     by_type: dict[str, list[float]] = {}
     for candidate in space:
         by_type.setdefault(candidate.module_type, []).append(scores[candidate.name])
@@ -243,3 +243,7 @@ def normalize_scores(scores: Mapping[str, float], space: SearchSpace, how: str) 
         mean, std = moments[candidate.module_type]
         out[candidate.name] = (scores[candidate.name] - mean) / std if std > 0 else 0.0
     return out
+
+
+# Criteria from the field, one module each; they import this module's registry, so they are imported last.
+from nas.search import criterion_cka, criterion_condition, criterion_snip  # noqa: E402, F401
