@@ -3,9 +3,10 @@
 With task.effect set, every planted delta moves the outputs equally, so the weight-space size ‖ΔW_m‖/‖W_m‖ it needs
 differs by module (small on late FFN matrices, large on attention keys). This rebuilds the teacher's calibrated deltas
 (forward passes only, about a minute on 2 CPU cores) and prints, per pattern, each planted module's relative size
-beside its mean gate over the archived 300-step CPU searches (cpu/L300_<pattern>_s<seed>), with Spearman's rho.
+beside its mean gate over the archived 300-step CPU searches
+(experiments/results/planted_size_h100/cpu/L300_<pattern>_s<seed>), with Spearman's rho.
 
-    python experiments/results/planted_size_h100/gate_vs_size.py
+    python experiments/analysis/planted_size_h100_gate_vs_size.py
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
 for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
     os.environ.setdefault(key, "1")
 
@@ -29,7 +31,7 @@ from objectives import default_glue_dir, get_task  # noqa: E402
 from objectives.planted import PlantedSpec, calibrate_effects, plant_deltas, planted_modules  # noqa: E402
 from search_spaces import build_search_space  # noqa: E402
 
-HERE = Path(__file__).parent
+HERE = ROOT / "experiments" / "results" / "planted_size_h100"
 
 
 def main() -> None:

@@ -1,10 +1,11 @@
 """The two planted modules the DAM misses, step by step, under each w-side variant (2 CPU cores, seed 0).
 
-    python experiments/results/planted_size_h100/early_gates.py
+    python experiments/analysis/planted_size_h100_early_gates.py
 
 For the random pattern layer 4's FFN input (bert.encoder.layer.4.intermediate.dense), for the grid layer 5's FFN
 output (…layer.5.output.dense): the gate γ at search steps 0, 30, 60, 90 and at the end, the 9th-largest γ at the
-end (the cut of ρ = 9/36), and the module's final rank of 36. Read from each run's dam_trajectory.json in cpu/.
+end (the cut of ρ = 9/36), and the module's final rank of 36. Read from each run's dam_trajectory.json in
+experiments/results/planted_size_h100/cpu/.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-HERE = Path(__file__).parent / "cpu"
+HERE = Path(__file__).resolve().parents[2] / "experiments" / "results" / "planted_size_h100" / "cpu"
 MISSED = {"random": "bert.encoder.layer.4.intermediate.dense", "grid": "bert.encoder.layer.5.output.dense"}
 VARIANTS = ["C", "L300", "BO", "R32", "EI", "VO", "WU30", "WS", "LW3", "RAMP", "VO300", "Cf", "SH5f", "SF25", "SF25L",
             "C1000", "C1000soft", "D1000", "EMA9", "EMA98", "E1000", "ED1000",

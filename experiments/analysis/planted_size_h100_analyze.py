@@ -1,10 +1,10 @@
-"""Tables of summary.md from runs/ (H100, seeds 10-12) and cpu/ (2 CPU cores, seeds 0-2), folders named
-<variant>_<pattern>_s<seed>.
+"""Tables of experiments/results/planted_size_h100/summary.md from its runs/ (H100, seeds 10-12) and cpu/ (2 CPU
+cores, seeds 0-2), folders named <variant>_<pattern>_s<seed>.
 
-    python experiments/results/planted_size_h100/analyze.py
+    python experiments/analysis/planted_size_h100_analyze.py
 
 Per variant and pattern: mean precision@9 / AUC of every criterion. Then the DAM's precision of each variant against
-its reference, paired over (pattern, seed), with the Wilcoxon exact sign-flip p and a t-interval
+its reference, paired over (pattern, seed), with the exact sign-flip p and a t-interval
 (nas.reporting.statistics.paired_test). On the CPU the reference of the defaults is planted_prune_cpu's E05 (the same
 problem, seeds and settings). `diffora aggregate runs` gives the H100 rows per pattern; this pools both patterns.
 """
@@ -17,11 +17,13 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
 from nas.reporting.statistics import paired_test  # noqa: E402
 
-HERE = Path(__file__).parent
-FOLDERS = {"runs": HERE / "runs", "cpu": HERE / "cpu", "E05": HERE.parent / "planted_prune_cpu" / "runs"}
+RESULTS = ROOT / "experiments" / "results"
+HERE = RESULTS / "planted_size_h100"
+FOLDERS = {"runs": HERE / "runs", "cpu": HERE / "cpu", "E05": RESULTS / "planted_prune_cpu" / "runs"}
 CRITERIA = ["dam", "perturbation", "gate_saliency", "fisher", "grad_norm", "branch_norm", "random"]
 PAIRS = [("Vsig", "Dsig"), ("Vsoft", "Dsoft"), ("Csig", "Dsig"), ("Csoft", "Dsoft"), ("CBsig", "Dsig"),
          ("CBsig", "Csig"), ("Vsig", "Csig"), ("Vsig2", "Vsig"), ("Vsoft2", "Vsoft"), ("C", "E05"), ("C0", "E05"),
@@ -66,7 +68,8 @@ def table(runs: dict[tuple[str, str, int], dict]) -> None:
 
 
 def pairs(runs: dict[tuple[str, str, int], dict]) -> None:
-    print("\n| DAM precision: variant − reference | pairs | mean d | 95% CI | Wilcoxon p | d per pair (grid, random) |")
+    print("\n| DAM precision: variant − reference | pairs | mean d | 95% CI | sign-flip p "
+          "| d per pair (grid, random) |")
     print("|---|---:|---:|---|---:|---|")
     for variant, base in PAIRS:
         keys = sorted((p, s) for v, p, s in runs if v == variant and (base, p, s) in runs)

@@ -1,9 +1,10 @@
-"""Tables of summary.md from the run folders in runs/ (named <variant>_<pattern>_s<seed>).
+"""Tables of experiments/results/planted_prune_cpu/summary.md from its run folders in runs/ (named
+<variant>_<pattern>_s<seed>).
 
-    python experiments/results/planted_prune_cpu/analyze.py [RUNS_FOLDER]
+    python experiments/analysis/planted_prune_cpu_analyze.py [RUNS_FOLDER]
 
 Per variant and pattern: mean precision@9 / AUC of every criterion; paired precision differences of each variant's
-driving criterion against the same criterion in D (the defaults), over (pattern, seed) pairs, with the Wilcoxon
+driving criterion against the same criterion in D (the defaults), over (pattern, seed) pairs, with the
 exact sign-flip p and a t-interval (nas.reporting.statistics.paired_test); and where each criterion's extra
 selections sit relative to S (a same-layer "twin" of a planted module: query↔key, value↔attention output, FFN
 input↔FFN output; or the same module type in an adjacent layer).
@@ -17,10 +18,12 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
 from nas.reporting.statistics import paired_test  # noqa: E402
 
-RUNS = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent / "runs"
+STUDY = ROOT / "experiments" / "results" / "planted_prune_cpu"
+RUNS = Path(sys.argv[1]) if len(sys.argv) > 1 else STUDY / "runs"
 CRITERIA = ["dam", "perturbation", "gate_saliency", "fisher", "grad_norm", "branch_norm", "random"]
 REFERENCE = {"WD05": "E05"}  # variants planted at task.effect=0.05 pair with E05; the others with D (0.1)
 TWIN = {"attention.self.query": "attention.self.key", "attention.self.key": "attention.self.query",
@@ -58,7 +61,7 @@ def main() -> None:
         print(f"| {variant} | {pattern} | {len(members)} | " + " | ".join(cells) + " |")
     print("\nPaired precision of each variant's driving criterion against the same criterion in its reference (D, or "
           "E05 for variants planted at 0.05), over (pattern, seed):\n")
-    print("| variant − reference | criterion | pairs | mean d | 95% CI | Wilcoxon p | d per pair |")
+    print("| variant − reference | criterion | pairs | mean d | 95% CI | sign-flip p | d per pair |")
     print("|---|---|---:|---:|---|---:|---|")
     for variant in sorted({v for v, _, _ in runs} - {"D"}):
         base = REFERENCE.get(variant, "D")
@@ -75,7 +78,7 @@ def main() -> None:
         print(f"| {variant} − {base} | {driving} | {test.n} | {test.mean:+.3f} | {ci} | {p_value} | {diffs} |")
     print("\nPlanting strength (E05: task.effect=0.05, E2: 0.2) against D (0.1), paired over (pattern, seed), per "
           "criterion:\n")
-    print("| variant | criterion | pairs | mean d | Wilcoxon p | d per pair |")
+    print("| variant | criterion | pairs | mean d | sign-flip p | d per pair |")
     print("|---|---|---:|---:|---:|---|")
     for variant in ("E05", "E2"):
         keys = sorted((p, s) for v, p, s in runs if v == variant and ("D", p, s) in runs)
