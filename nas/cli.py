@@ -2,7 +2,7 @@
 or a merged model from a finished run).
 
     diffora run task=mrpc seed=1                  # one run; `diffora run -m task=mrpc,rte seed=0,1` for a sweep
-    diffora run --help                            # the config groups, their options, the composed config
+    diffora run --help                            # the config groups, their options, every key described
     diffora aggregate logs/multiruns/<sweep>
     diffora export logs/runs/mrpc/<run> exported/ --merge
 """
@@ -10,6 +10,8 @@ or a merged model from a finished run).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import sys
 import warnings
 from pathlib import Path
@@ -42,7 +44,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_command(overrides: list[str], prog: str = "diffora run") -> int:
-    """Hydra's command line with ``overrides`` (``--help``: :func:`run_help`, which lists only pickable options)."""
+    """Hydra's command line with ``overrides`` (``--help``: :func:`run_help`, which lists only pickable options); a
+    config group option that is not a yaml file of conf/<group>/ is refused first (:func:`check_group_options`)."""
+    from nas.config import CONF_DIR
+
+    check_group_options(overrides, config_groups(CONF_DIR))
     if "-h" in overrides or "--help" in overrides:
         print(run_help([o for o in overrides if o not in ("-h", "--help")], prog))
         return 0
@@ -53,6 +59,55 @@ def run_command(overrides: list[str], prog: str = "diffora run") -> int:
     quiet_hydra_off_rank_zero()
     hydra_main()
     return 0
+
+
+def check_group_options(argv: list[str], groups: dict[str, list[str]]) -> None:
+    """Refuse ``group=option`` (also ``+group=``, ``~group=``, ``group@pkg=``, sweeps ``group=a,b``, globs) where
+    ``option`` is not a yaml file of the group: Hydra would list, and let a user pick, the ConfigStore's ``*_schema``
+    nodes, which compose silently with other defaults. Key overrides (``method.lr=…``), Hydra's own groups
+    (``hydra/launcher=joblib``: its plugins add options) and what Hydra cannot parse are left to Hydra."""
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import Glob
+    from hydra.errors import HydraException
+
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # a command line Hydra cannot parse: Hydra says why
+            overrides = OverridesParser.create().parse_overrides(get_args_parser().parse_known_args(argv)[0].overrides)
+    except (HydraException, SystemExit):
+        return
+    for override in overrides:
+        group = override.key_or_group
+        if group not in groups or group.startswith("hydra/") or (override.is_delete() and override.value() is None):
+            continue
+        options, value = groups[group], override.value()
+        if value is None:
+            raise ConfigError(f"{group}=null cannot deselect a config group on the command line; drop it with ~{group}")
+        if isinstance(value, Glob):
+            hidden = [name for name in value.filter(options + schema_nodes(group)) if name not in options]
+            if hidden:
+                raise ConfigError(f"{group}={override.get_value_string()} would also pick {', '.join(hidden)}, not "
+                                  f"options; name the options instead: {group}={','.join(value.filter(options))}")
+            continue
+        try:
+            picked = list(override.sweep_string_iterator()) if override.is_sweep_override() else \
+                [override.get_value_element_as_str()]
+        except HydraException:
+            continue
+        for option in picked:
+            if option not in options:
+                raise ConfigError(f"{group}={option} is unknown; choose one of: {', '.join(options)}")
+
+
+def schema_nodes(group: str) -> list[str]:
+    """The ConfigStore's nodes of ``group`` (``adalora_schema``, …): Hydra offers them as options too."""
+    from hydra.core.config_store import ConfigStore
+
+    from nas.config import register_configs
+
+    register_configs()
+    return [name.removesuffix(".yaml") for name in ConfigStore.instance().list(group)] \
+        if ConfigStore.instance().repo.get(group) else []
 
 
 def config_groups(conf_dir: Path) -> dict[str, list[str]]:
@@ -67,25 +122,22 @@ def config_groups(conf_dir: Path) -> dict[str, list[str]]:
 
 
 def run_help(overrides: list[str], prog: str = "diffora run") -> str:
-    """Usage, the config groups with their options, and the config composed from ``overrides``."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
+    """Usage, the config groups with their options, and every key of the config composed from ``overrides`` with its
+    resolved value and its description (nas/config_docs.py)."""
+    from nas.config import CONF_DIR
+    from nas.config_docs import compose_config, listing
 
-    from nas.config import CONF_DIR, register_configs
-
-    register_configs()
     groups = config_groups(CONF_DIR)
     width = max(len(g) for g in groups) + 1
     lines = [f"usage: {prog} [-m] [OVERRIDE ...]", "",
              "One run: search (DiffoRA), discretize, train, evaluate; outputs in the run dir. Overrides are",
              "group=option (task=mrpc) or key=value (discretizer.rho=0.25, seed=1); -m runs a sweep over",
              "comma-separated values (task=mrpc,rte seed=0,1). Hydra's own flags (--cfg job, --info, --hydra-help)",
-             "pass through.", "", "config groups (group=option):",
+             "pass through. Every key is described in docs/config.md.", "", "config groups (group=option):",
              *(f"  {g + ':':<{width}} {', '.join(options)}" for g, options in groups.items())]
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("run", overrides=[o for o in overrides if o not in ("-m", "--multirun")])
-    return "\n".join([*lines, "", "the composed config" + (f" ({' '.join(overrides)})" if overrides else "") + ":",
-                      OmegaConf.to_yaml(cfg)])
+    cfg = compose_config([o for o in overrides if o not in ("-m", "--multirun")])
+    return "\n".join([*lines, "", "the composed config" + (f" ({' '.join(overrides)})" if overrides else "") +
+                      ": key = resolved value, then what it does", *listing(cfg)])
 
 
 def aggregate_command(argv: list[str]) -> int:

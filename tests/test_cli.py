@@ -114,10 +114,10 @@ def test_run_help_lists_only_options_a_user_can_pick() -> None:
         assert result.returncode == 0, result.stderr[-2000:]
         groups = dict(line.strip().split(None, 1) for line in result.stdout.split("config groups")[1]
                       .split("the composed config")[0].splitlines()[1:] if line.strip())
-        assert groups["method:"] == "adalora, diffora, full_ft, lora, prolora, random, sora"
+        assert groups["method:"] == "adalora, diffora, fixed, full_ft, lora, prolora, random, sora"
         assert groups["relaxation:"] == "gumbel, hard_concrete, sigmoid, softmax"
         assert "schema" not in result.stdout.split("the composed config")[0]
-        assert "the composed config (task=mrpc):" in result.stdout and "  name: mrpc" in result.stdout
+        assert "the composed config (task=mrpc):" in result.stdout and "  task.name = mrpc " in result.stdout
 
 
 def test_export_of_an_unfinished_run_is_one_clear_line(tmp_path: Path) -> None:
@@ -217,3 +217,32 @@ def test_every_baseline_runs_on_real_glue_at_a_matched_budget(tmp_path: Path) ->
     table = (tmp_path / "aggregate" / "summary.md").read_text()
     assert all(f"| {name} " in table for name in BASELINES), table
     assert (tmp_path / "aggregate" / "summary.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["method=nope"], "method=nope is unknown; choose one of: adalora, diffora, fixed, full_ft, lora, prolora, random, "
+                      "sora"),
+    (["relaxation=sigmoid_schema"], "relaxation=sigmoid_schema is unknown; choose one of: gumbel, hard_concrete, "
+                                    "sigmoid, softmax"),
+    (["-m", "method=lora,nope", "seed=0,1"], "method=nope is unknown; choose one of: adalora, diffora, fixed,"),
+    (["+method=adalora_schema"], "method=adalora_schema is unknown;"),
+    (["method@x=nope"], "method=nope is unknown;"),
+    (["--help", "method=nope"], "method=nope is unknown;"),
+])
+def test_a_config_group_typo_lists_only_the_options_a_user_can_pick(tmp_path: Path, overrides: list[str],
+                                                                     message: str) -> None:
+    """The `*_schema` nodes of Hydra's ConfigStore are not options: selected, they compose silently with other
+    defaults (relaxation=sigmoid_schema: init_mean 0 instead of -3). One line, before Hydra runs, nothing written."""
+    result = diffora(["run", *overrides, "debug=smoke", "logger=none", f"hydra.run.dir={tmp_path / 'run'}",
+                      f"hydra.sweep.dir={tmp_path / 'sweep'}"], timeout=120)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"diffora: error: {message}"), result.stderr[-2000:]
+    assert "schema" not in result.stderr.split("choose one of:")[1]
+    assert not (tmp_path / "run").exists() and not (tmp_path / "sweep").exists()
+
+
+def test_a_valid_group_override_still_composes() -> None:
+    result = diffora(["run", "--help", "method=adalora", "experiment=rho_sweep", "~debug", "method.lr=0.01"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "  method.name = adalora " in result.stdout and "  method.lr = 0.01 " in result.stdout

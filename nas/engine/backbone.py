@@ -8,6 +8,10 @@ filled cache with ``HF_HUB_OFFLINE=1``).
 from __future__ import annotations
 
 import importlib.util
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +27,8 @@ from transformers import (
 from nas.errors import ConfigError
 
 PACKAGE_PREFIX = "package:"
+REPORT_LOGGER = "transformers.modeling_utils"  # where transformers logs its LOAD REPORT table
+LISTED = 10  # names a warning lists before "… (n more)"
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -89,12 +95,14 @@ def load_backbone(name_or_path: str, num_labels: int, head_modules: list[str] | 
     path = resolve_model_path(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        if objective == "causal_lm":
-            model, info = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True, dtype=torch.float32)
-        else:
-            model, info = AutoModelForSequenceClassification.from_pretrained(  # fp32 weights, whatever was saved
-                path, num_labels=num_labels, output_loading_info=True, dtype=torch.float32
-            )
+        with held_load_report():
+            if objective == "causal_lm":
+                model, info = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True,
+                                                                   dtype=torch.float32)
+            else:
+                model, info = AutoModelForSequenceClassification.from_pretrained(  # fp32 weights, whatever was saved
+                    path, num_labels=num_labels, output_loading_info=True, dtype=torch.float32
+                )
     except OSError as error:
         raise ConfigError(
             f"could not load model '{name_or_path}' ({error.__class__.__name__}: {str(error).splitlines()[0]}); "
@@ -110,9 +118,79 @@ def load_backbone(name_or_path: str, num_labels: int, head_modules: list[str] | 
             if isinstance(module, nn.Dropout):
                 module.p = float(dropout)
     missing = set(info.get("missing_keys", ()))
+    for line in load_summary(name_or_path, model, missing, set(info.get("unexpected_keys", ())), head_modules,
+                             objective):
+        print(line)
     if objective == "causal_lm" and not head_modules:  # the LM head is pretrained: nothing new to train
         return Backbone(model, tokenizer, [], path)
     return Backbone(model, tokenizer, head_parameter_names(model, head_modules, missing), path)
+
+
+class _HeldReport(logging.Filter):
+    """Drops transformers' LOAD REPORT records, keeping their text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "LOAD REPORT" in str(record.msg):
+            self.held.append(record.getMessage())
+            return False
+        return True
+
+
+@contextmanager
+def held_load_report() -> Iterator[None]:
+    """transformers' LOAD REPORT table held back inside the block (:func:`load_summary` says it in a line); shown
+    after all when loading fails, since transformers' error then points at it. Other transformers logs pass."""
+    logger, report = logging.getLogger(REPORT_LOGGER), _HeldReport()
+    logger.addFilter(report)
+    try:
+        yield
+    except Exception:
+        for text in report.held:
+            print(text, file=sys.stderr)
+        raise
+    finally:
+        logger.removeFilter(report)
+
+
+def new_head_keys(model: nn.Module, missing: set[str], head_modules: list[str] | None, objective: str) -> set[str]:
+    """The missing weights that are new by design: those of ``head_modules`` if given; else, for a classifier, those
+    outside the pretrained base model (``classifier.*``); none for a causal LM, whose head is pretrained."""
+    if head_modules:
+        return {k for k in missing if k.startswith(tuple(f"{m}." for m in head_modules))}
+    if objective == "causal_lm":
+        return set()
+    prefix = getattr(model, "base_model_prefix", "")
+    return {k for k in missing if not prefix or not k.startswith(f"{prefix}.")}
+
+
+def load_summary(name_or_path: str, model: nn.Module, missing: set[str], unexpected: set[str],
+                 head_modules: list[str] | None = None, objective: str = "head") -> list[str]:
+    """What loading did, in place of transformers' table: one line (the new head, the weights loaded), and one
+    warning line when weights other than the head are missing, or checkpoint weights went unused (a checkpoint of
+    another architecture, say)."""
+    names = list(model.state_dict())
+    head = new_head_keys(model, missing, head_modules, objective)
+    fresh = [k for k in names if k in head] + sorted(head - set(names))
+    loaded = sum(name not in missing for name in names)
+    lines = [f"model: {name_or_path}: " + (f"task head {', '.join(fresh)} initialized fresh (new by design); "
+                                           if fresh else "") + f"{loaded} weights loaded"]
+    absent = [k for k in names if k in missing - head] + sorted(missing - head - set(names))
+    problems = [f"{len(keys)} {what}: {listed(keys)}" for keys, what in (
+        (absent, "weights missing from the checkpoint, initialized at random"),
+        (sorted(unexpected), "checkpoint weights unused")) if keys]
+    if problems:
+        lines.append(f"diffora: warning: model {name_or_path}: {'; '.join(problems)} (a checkpoint of another "
+                     f"architecture or task?)")
+    return lines
+
+
+def listed(names: list[str]) -> str:
+    more = f", … ({len(names) - LISTED} more)" if len(names) > LISTED else ""
+    return ", ".join(names[:LISTED]) + more
 
 
 def set_pad_token(tokenizer: PreTrainedTokenizerBase, pad_token: str | None, name_or_path: str) -> None:
