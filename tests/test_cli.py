@@ -15,7 +15,6 @@ import torch
 from nas.config import PROJECT_ROOT
 
 RUN = [sys.executable, str(PROJECT_ROOT / "experiments" / "run.py")]
-GLUE = PROJECT_ROOT.parent / "shared" / "data" / "glue"
 
 
 def run(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:

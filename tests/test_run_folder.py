@@ -28,8 +28,6 @@ def fake_data(root: Path, task_folder: str = "MRPC", marker: str = "") -> Path:
     from objectives import default_glue_dir
 
     source = default_glue_dir() / task_folder
-    if not source.is_dir():
-        pytest.skip(f"GLUE data not found at {source}")
     (root / task_folder).mkdir(parents=True)
     for name in GLUE_FILES:
         (root / task_folder / name).write_text((source / name).read_text() + marker)
