@@ -28,6 +28,7 @@ from nas.engine.parallel import broadcast_object, from_environment, slurm_enviro
 from nas.engine.pipeline import run_pipeline
 from nas.engine.run_folder import RunRefused
 from nas.errors import ConfigError, NonFiniteError
+from nas.extensions import import_extensions
 from nas.validation import validate_run_config
 
 register_configs()
@@ -48,6 +49,7 @@ def main(cfg: DictConfig) -> float:
     except ConfigError as error:
         sys.exit(f"diffora: error: {error}")
     try:
+        import_extensions(cfg.imports)  # their @REGISTRY.register calls, before validation reads the registries
         validate_run_config(cfg)
         parallel = from_environment(int(cfg.grad_accum), str(cfg.device), cfg.processes)
         run_dir = Path(str(broadcast_object(hydra_cfg.runtime.output_dir, parallel)))  # rank 0's run dir
