@@ -292,6 +292,7 @@ def cli(args: list[str]) -> subprocess.CompletedProcess:
                           text=True, timeout=120, env={**os.environ, "PYTHONPATH": pythonpath, "MPLBACKEND": "Agg"})
 
 
+@pytest.mark.slow
 def test_cli_writes_tables_and_prints_markdown(tmp_path: Path) -> None:
     sweep = ablation_sweep(tmp_path / "sweep")
     (sweep / "7_mrpc_s9").mkdir()
@@ -365,6 +366,7 @@ def test_accuracy_differences_are_taken_in_units_of_one_dev_example(tmp_path: Pa
     assert _resolutions(runs, _groups(runs), "score") == {}
 
 
+@pytest.mark.slow
 def test_reference_option_and_ambiguous_reference(tmp_path: Path) -> None:
     sweep = paired_sweep(tmp_path / "sweep")
     with pytest.raises(ConfigError, match=r"mrpc: the reference method 'diffora' has 2 variant rows.*reference-label"):

@@ -20,6 +20,8 @@ from nas.engine.checkpoint import Checkpointer
 from nas.engine.identity import config_identity, diff
 from nas.errors import ConfigError
 
+pytestmark = pytest.mark.slow  # real MiniLM runs: the full suite only (-m "not slow" leaves them out)
+
 ARGS = ["task=mrpc", "debug=smoke", "logger=none", "retrain.export_adapter=false", "checkpoint.every=3",
         "bilevel.steps=9", "retrain.steps=9", "criterion.record=[dam,gate_saliency]",  # gate statistics resume too
         "bilevel.prune_stages=2",  # pruned after steps 3 and 6: the search's first checkpoint (step 3) holds one stage

@@ -45,6 +45,7 @@ def selection_shapes(names: list[str]) -> list[tuple[int, int]]:
             else (384, 384) for n in names]
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_all_outputs(tmp_path: Path) -> None:
     result = run(["task=mrpc", "debug=smoke", "logger=none", f"hydra.run.dir={tmp_path}"])
     assert result.returncode == 0, result.stderr[-3000:]
@@ -63,6 +64,7 @@ def test_smoke_run_writes_all_outputs(tmp_path: Path) -> None:
                                              "search_steps": 6}
 
 
+@pytest.mark.slow
 def test_multirun_gives_one_folder_per_job(tmp_path: Path) -> None:
     result = run(["-m", "task=rte,mrpc", "seed=0,1", "debug=smoke", "logger=none", "bilevel.steps=3",
                   "retrain.steps=3", f"hydra.sweep.dir={tmp_path}"], timeout=400)
@@ -119,6 +121,7 @@ def test_run_help_lists_only_options_a_user_can_pick() -> None:
         assert "the composed config (task=mrpc):" in result.stdout and "  task.name = mrpc " in result.stdout
 
 
+@pytest.mark.slow
 def test_export_of_an_unfinished_run_is_one_clear_line(tmp_path: Path) -> None:
     (tmp_path / "run").mkdir()
     result = diffora(["export", str(tmp_path / "run"), str(tmp_path / "out")])
@@ -133,6 +136,7 @@ def broken_glue_dir(tmp_path: Path) -> Path:
     return tmp_path / "glue"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -156,6 +160,7 @@ def test_bad_input_fails_with_one_clear_line(tmp_path: Path, overrides: list[str
     assert (run_dir / "FAILED").read_text().strip().endswith(last_line.removeprefix("diffora: error: "))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("overrides", "stage"), [
     (["bilevel.w_optimizer.lr=1e6", "bilevel.steps=20"], "search"),
     (["method=lora", "retrain.lr=1e6", "retrain.steps=20"], "train"),
@@ -181,6 +186,7 @@ def test_a_diverging_run_stops_with_the_quantity_and_the_step(tmp_path: Path, ov
 BASELINES = ["random", "lora", "prolora", "adalora", "sora", "full_ft"]
 
 
+@pytest.mark.slow
 def test_every_baseline_runs_on_real_glue_at_a_matched_budget(tmp_path: Path) -> None:
     """One multirun over every baseline (the diffora smoke run is above), aggregated into one table."""
     result = run(["-m", f"method={','.join(BASELINES)}", "task=mrpc", "debug=smoke", "logger=none",

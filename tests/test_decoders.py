@@ -149,6 +149,7 @@ def decoder_run(tmp_path: Path, folder: Path, overrides: list[str]) -> dict:
     return run_pipeline(cfg, tmp_path, NullLogger())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "gpt2"])
 def test_diffora_searches_a_decoder_on_glue_posed_as_a_language_model(tmp_path: Path, kind: str,
                                                                       decoder_dirs: dict[str, Path]) -> None:
@@ -176,6 +177,7 @@ def test_prompt_completion_jsonl_trains_and_reports_completion_metrics(tmp_path:
     assert result["task"] == "jsonl" and result["dev_examples"] == 16
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
 def test_a_decoders_adapter_reloads_with_peft_and_merges_into_a_causal_lm(tmp_path: Path, kind: str,
                                                                           decoder_dirs: dict[str, Path]) -> None:
@@ -205,6 +207,7 @@ def test_a_task_without_label_words_is_refused(decoder_dirs: dict[str, Path], tm
         decoder_run(tmp_path, decoder_dirs["llama"], ["task=stsb", "task.objective=causal_lm"])
 
 
+@pytest.mark.slow
 def test_the_command_runs_a_tiny_llama_search_end_to_end(tmp_path: Path, decoder_dirs: dict[str, Path]) -> None:
     env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0"}
     result = subprocess.run([sys.executable, "-m", "nas.cli", "run", f"model.name_or_path={decoder_dirs['llama']}",

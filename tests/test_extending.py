@@ -127,6 +127,7 @@ def test_imports_is_part_of_the_run_identity() -> None:
     assert plain["imports"] == [] and extended["imports"] == ["my_lab.criteria", "my_criteria"]
 
 
+@pytest.mark.slow
 def test_a_run_refuses_a_module_it_cannot_import_before_any_work(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     result = subprocess.run([sys.executable, str(PROJECT_ROOT / "experiments" / "run.py"), "logger=none",
@@ -258,6 +259,7 @@ def example_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run_dir
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_a_planted_search_driven_by_the_example_gets_its_known_answer(example_run: Path) -> None:
     selection = json.loads((example_run / "selection.json").read_text())
@@ -281,6 +283,7 @@ def test_a_planted_search_driven_by_the_example_gets_its_known_answer(example_ru
     assert json.loads((example_run / "fingerprint.json").read_text())["config"]["imports"] == ["my_criteria"]
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_aggregate_names_the_example_criterion(example_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "aggregate"

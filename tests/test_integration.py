@@ -11,6 +11,8 @@ from conftest import compose_run
 from nas.engine.logger import NullLogger
 from nas.engine.pipeline import run_pipeline
 
+pytestmark = pytest.mark.slow  # real MiniLM runs: the full suite only (-m "not slow" leaves them out)
+
 
 @pytest.mark.integration
 def test_diffora_beats_the_majority_class_on_real_sst2(tmp_path: Path) -> None:

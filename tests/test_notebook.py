@@ -8,6 +8,8 @@ from nbclient import NotebookClient
 
 from nas.config import PROJECT_ROOT
 
+pytestmark = pytest.mark.slow  # real MiniLM runs: the full suite only (-m "not slow" leaves them out)
+
 
 @pytest.mark.integration
 def test_walkthrough_executes(tmp_path) -> None:

@@ -96,6 +96,7 @@ def test_a_slurm_job_step_of_several_tasks_describes_the_process_group() -> None
         slurm_environment({k: v for k, v in SLURM_TASK.items() if k not in ("SLURM_LOCALID", "SLURM_JOB_ID")})
 
 
+@pytest.mark.slow
 def test_two_slurm_tasks_form_one_process_group_on_gloo() -> None:
     """Two processes that see only SLURM's task variables (as srun or submitit start them) all-reduce together."""
     script = ("import torch, torch.distributed as dist\n"
@@ -149,6 +150,7 @@ def test_training_with_accumulation_takes_the_same_steps() -> None:
     torch.testing.assert_close(weights[0], weights[1], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_two_processes_on_gloo_select_what_one_process_selects(tmp_path: Path) -> None:
     """torchrun with 2 CPU processes against 1 process, the same global batches: DAM within 1e-4, the same
     selection and dev metrics; only rank 0 writes into the run dir."""

@@ -178,6 +178,7 @@ def test_a_bad_placement_is_refused_before_the_model_loads(overrides: list[str],
         validate_run_config(compose_run(["method=fixed", *overrides]))
 
 
+@pytest.mark.slow
 def test_a_fixed_placement_trains_lora_on_its_module_alone(tmp_path: Path) -> None:
     """End to end on MiniLM + MRPC: single:3 puts LoRA on the 4th candidate only; nothing else trains but the head."""
     from test_cli import run

@@ -90,6 +90,7 @@ def test_the_supernet_becomes_the_retrained_model_in_place(batch: dict) -> None:
     torch.testing.assert_close(model.eval()(**inputs).logits, copy.eval()(**inputs).logits)
 
 
+@pytest.mark.slow
 def test_a_diffora_run_loads_the_backbone_once(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     from conftest import compose_run
     from transformers import AutoModelForSequenceClassification

@@ -86,6 +86,7 @@ def gate_gradients(seed: int, beta: float = 0.98, steps: int = 600, burn_in: int
     return sum(current) / len(current), sum(averaged) / len(averaged)
 
 
+@pytest.mark.slow
 def test_the_average_shrinks_the_push_that_w_steps_noise_gives_a_converged_branchs_gate() -> None:
     """At the optimum the gate's gradient is 0; a branch that w-steps keep moving about it reads as over-grown
     (∂L_α/∂g > 0: the gate would fall) in every seed. The average reads it as less so, on the same trajectory."""
