@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 def run_command(overrides: list[str], prog: str = "diffora run") -> int:
     """Hydra's command line with ``overrides`` (``--help``: :func:`run_help`, which lists only pickable options); a
     config group option that is not a yaml file of conf/<group>/ is refused first (:func:`check_group_options`)."""
-    from nas.config import CONF_DIR
+    from nas.config import CONF_DIR, config_groups
 
     check_group_options(overrides, config_groups(CONF_DIR))
     if "-h" in overrides or "--help" in overrides:
@@ -110,21 +110,10 @@ def schema_nodes(group: str) -> list[str]:
         if ConfigStore.instance().repo.get(group) else []
 
 
-def config_groups(conf_dir: Path) -> dict[str, list[str]]:
-    """Each config group under ``conf_dir`` (nested ones as ``hydra/launcher``) → its options: the yaml files a user
-    can pick. The schema nodes in Hydra's ConfigStore (``*_schema``) validate those files and are not options."""
-    groups: dict[str, list[str]] = {}
-    for path in sorted(conf_dir.rglob("*.yaml")):
-        group = path.parent.relative_to(conf_dir).as_posix()
-        if group != ".":
-            groups.setdefault(group, []).append(path.stem)
-    return groups
-
-
 def run_help(overrides: list[str], prog: str = "diffora run") -> str:
     """Usage, the config groups with their options, and every key of the config composed from ``overrides`` with its
     resolved value and its description (nas/config_docs.py)."""
-    from nas.config import CONF_DIR
+    from nas.config import CONF_DIR, config_groups
     from nas.config_docs import compose_config, listing
 
     groups = config_groups(CONF_DIR)

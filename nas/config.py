@@ -412,3 +412,14 @@ def register_configs() -> None:
         ("criterion", "criterion_schema", CriterionConfig),
     ):
         store.store(group=group, name=name, node=node)
+
+
+def config_groups(conf_dir: Path) -> dict[str, list[str]]:
+    """Each config group under ``conf_dir`` (nested ones as ``hydra/launcher``) → its options: the yaml files a user
+    can pick. The schema nodes in Hydra's ConfigStore (``*_schema``) validate those files and are not options."""
+    groups: dict[str, list[str]] = {}
+    for path in sorted(conf_dir.rglob("*.yaml")):
+        group = path.parent.relative_to(conf_dir).as_posix()
+        if group != ".":
+            groups.setdefault(group, []).append(path.stem)
+    return groups

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from nas.config import CONF_DIR, PROJECT_ROOT, field_doc, register_configs
+from nas.config import CONF_DIR, PROJECT_ROOT, config_groups, field_doc, register_configs
 
 DOCS_PATH = PROJECT_ROOT / "docs" / "config.md"
 REGENERATE = "python -m nas.config_docs > docs/config.md"
@@ -154,7 +154,6 @@ def render() -> str:
     """docs/config.md: every key of each section with its type, default and description, and each config group's
     options. Defaults are those of ``diffora run`` without overrides (an option's own keys: with that option),
     interpolations as written, so the file is the same on every machine."""
-    from nas.cli import config_groups
 
     groups = {group: options for group, options in config_groups(CONF_DIR).items() if group != LOCAL}
     default = compose_config([f"~{LOCAL}"] if (CONF_DIR / LOCAL).is_dir() else [])

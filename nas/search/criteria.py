@@ -243,7 +243,3 @@ def normalize_scores(scores: Mapping[str, float], space: SearchSpace, how: str) 
         mean, std = moments[candidate.module_type]
         out[candidate.name] = (scores[candidate.name] - mean) / std if std > 0 else 0.0
     return out
-
-
-# Criteria from the field, one module each; they import this module's registry, so they are imported last.
-from nas.search import criterion_cka, criterion_condition, criterion_snip  # noqa: E402, F401
