@@ -65,6 +65,8 @@ class TaskConfig:
     search_steps: int = doc(150, "default search length in steps, used when bilevel.steps is not set (planted: 1000)")
     objective: str = doc("head", "head: a classification/regression head | causal_lm: a decoder LM's loss on the "
                                  "completion")
+    standardize_labels: bool = doc(True, "regression (STS-B): train on z-scores of the labels (train mean, std); "
+                                         "Pearson/Spearman unchanged")
 
 
 @dataclass
@@ -391,9 +393,11 @@ class RunConfig:
 
 
 def register_configs() -> None:
-    """Register the schema and the ``diffora_root`` resolver (idempotent)."""
+    """Register the schema and the ``diffora_root`` and ``path_safe`` resolvers (idempotent)."""
     if not OmegaConf.has_resolver("diffora_root"):
         OmegaConf.register_new_resolver("diffora_root", lambda: str(PROJECT_ROOT))
+    if not OmegaConf.has_resolver("path_safe"):  # a value as a folder name on every OS (no ':', e.g. single:3)
+        OmegaConf.register_new_resolver("path_safe", lambda value: str(value).replace(":", "-").replace("/", "-"))
     store = ConfigStore.instance()
     store.store(name="run_schema", node=RunConfig)
     for group, name, node in (

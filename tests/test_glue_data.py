@@ -6,6 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pytest
 
 import objectives
@@ -229,3 +230,25 @@ def test_cache_key_depends_on_content(tokenizer) -> None:
     key = objectives.tokenized_cache_key
     assert key(a, task, tokenizer, 8) == key(a, task, tokenizer, 8)
     assert len({key(a, task, tokenizer, 8), key(b, task, tokenizer, 8), key(a, task, tokenizer, 9)}) == 3
+
+
+def test_regression_labels_are_standardized_on_train_statistics(tokenizer, tmp_path: Path) -> None:
+    """STS-B: train labels become z-scores (mean 0, std 1); dev labels go through the same affine map, so every dev
+    Pearson/Spearman is unchanged; classification labels and standardize=False are left alone."""
+    from nas.engine.data import prepare_data
+
+    stsb = get_task("stsb")
+    raw = prepare_data(stsb, str(GLUE_DIR), tokenizer, 32, str(tmp_path), 0, 400, 300)
+    z = prepare_data(stsb, str(GLUE_DIR), tokenizer, 32, str(tmp_path), 0, 400, 300, standardize=True)
+    y_train, z_train = np.asarray(raw.train["labels"]), np.asarray(z.train["labels"])
+    y_dev, z_dev = np.asarray(raw.dev["labels"]), np.asarray(z.dev["labels"])
+    assert abs(z_train.mean()) < 1e-5 and abs(z_train.std() - 1.0) < 1e-5
+    mean, std = y_train.mean(), y_train.std()
+    assert np.allclose(z_dev, (y_dev - mean) / std, atol=1e-5)
+    assert abs(y_dev.mean() - 2.7) < 0.5 and abs(z_dev.mean()) < 0.3  # the head no longer has to learn ~2.7
+    predictor = np.asarray(raw.dev["input_ids"], dtype=object)
+    lengths = np.array([len(ids) for ids in predictor], dtype=float)
+    assert np.corrcoef(lengths, y_dev)[0, 1] == pytest.approx(np.corrcoef(lengths, z_dev)[0, 1], abs=1e-6)
+    sst2 = get_task("sst2")
+    labels = prepare_data(sst2, str(GLUE_DIR), tokenizer, 32, str(tmp_path), 0, 200, 100, standardize=True)
+    assert set(labels.train["labels"]) == {0, 1}

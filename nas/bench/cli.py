@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 from pathlib import Path
 
 from nas.bench.placement import PlacementTable, build_table, read_table, write_table
@@ -125,7 +124,9 @@ def score_runs(table: PlacementTable, run_dirs: list[Path], k: int) -> str:
 
 
 def placement_list(overrides: list[str], draws: int, k: int) -> str:
-    """``hydra.sweeper.params.method.placement=none,all,single:0,…,draw:k:0,…`` for the composed model's space."""
+    """``method.placement=none,all,single:0,…,draw:k:0,…`` for the composed model's space: a command-line sweep
+    override, which replaces the experiment's own list (Hydra refuses ``hydra.sweeper.params.method.placement=`` from
+    the command line, since ``method`` is not a key of the sweeper's params node)."""
     from hydra import compose, initialize_config_dir
 
     from nas.config import CONF_DIR, register_configs
@@ -139,4 +140,4 @@ def placement_list(overrides: list[str], draws: int, k: int) -> str:
                              cfg.model.pad_token)
     n = len(build_search_space(backbone.model, cfg.space.preset, cfg.space.module_types, cfg.space.layers))
     places = ["none", "all", *(f"single:{i}" for i in range(n)), *(f"draw:{k}:{j}" for j in range(draws))]
-    return shlex.quote(f"hydra.sweeper.params.method.placement={','.join(places)}")
+    return f"method.placement={','.join(places)}"

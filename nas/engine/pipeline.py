@@ -120,7 +120,8 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, logger: Logger, checkpoint: Che
                                                  cfg.task.max_train_samples, cfg.task.max_eval_samples))
     else:
         data = prepare_data(get_task(cfg.task.name), cfg.task.data_dir, backbone.tokenizer, cfg.task.max_length,
-                            cfg.paths.cache_dir, cfg.seed, cfg.task.max_train_samples, cfg.task.max_eval_samples)
+                            cfg.paths.cache_dir, cfg.seed, cfg.task.max_train_samples, cfg.task.max_eval_samples,
+                            standardize=cfg.task.standardize_labels)
     task = data.task
     method = METHODS.get(cfg.method.name)()
     if truth is not None and method.discretizes and cfg.discretizer.name in KEEPS_FRACTION:
