@@ -8,9 +8,10 @@ key (``bilevel.dropout=0.1, relaxation=softmax``; see :func:`_varying`). From a 
     runs = load_runs("logs/multiruns/2025-01-01_12-00-00")
     print(to_markdown(summarize(runs), paired_differences(runs, reference="random")))
 
-Grouping and pairing live here; reading the run folders in nas/reporting/run_records.py; the formulas (paired
-tests, t-interval, sign-flip p, Jaccard chance) in nas/reporting/statistics.py; the tables and the figure in
-nas/reporting/aggregate_report.py.
+Each module imports only downward: the data model (nas/reporting/run_records.py: a run as read from its folder;
+nas/reporting/summaries.py: a row of the summary), the formulas (nas/reporting/statistics.py: paired tests,
+t-interval, sign-flip p, Jaccard chance), the renderers (nas/reporting/aggregate_report.py: tables and the figure),
+and this summarizer on top: grouping, pairing and :func:`aggregate`, which runs them in order.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import re
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,56 +48,9 @@ from nas.reporting.statistics import (
     median,
     paired_comparisons,
 )
+from nas.reporting.summaries import GroupSummary, RecoverySummary, StandIns
 
 DEFAULT_REFERENCE = "random"
-
-
-@dataclass
-class RecoverySummary:
-    """Recovery of the planted set over the n seeds that recorded it: (mean, std) of precision and AUC."""
-
-    n: int
-    precision: tuple[float | None, float | None]
-    auc: tuple[float | None, float | None]
-    chance: float | None
-
-
-@dataclass
-class StandIns:
-    """Over the n seeds of a planted run: how often each planted module was left out of the selection (``missed``)
-    and how often each other module was selected in its place (``extra``), most frequent first."""
-
-    n: int
-    missed: list[tuple[str, int]]
-    extra: list[tuple[str, int]]
-
-
-@dataclass
-class GroupSummary:
-    """Seeds of one (task, method, label); std is the sample std (None below two seeds)."""
-
-    task: str
-    method: str
-    label: str
-    variant: dict[str, Any]
-    n: int
-    seeds: list[int]
-    main_metric: str | None
-    score_mean: float | None
-    score_std: float | None
-    metrics: dict[str, tuple[float | None, float | None]]
-    baseline: float | None
-    trainable_params: float | None
-    effective_params: float | None
-    wall_s: float | None  # median over seeds: robust to a run slowed by other work on the machine
-    stability: float | None
-    failed: int
-    unfinished: int
-    not_finished: list[str] = field(default_factory=list)
-    stability_chance: float | None = None  # expected mean pairwise Jaccard of uniformly random selections
-    recovery: RecoverySummary | None = None  # None when no seed recorded recovery
-    recovery_by_criterion: dict[str, RecoverySummary] = field(default_factory=dict)
-    stand_ins: StandIns | None = None  # None when no seed recorded recovery with a selection
 
 
 # ---------------------------------------------------------------- reading

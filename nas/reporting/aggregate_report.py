@@ -9,7 +9,7 @@ import os
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import matplotlib
 
@@ -17,10 +17,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from nas.reporting.run_records import RunRecord  # noqa: E402
 from nas.reporting.statistics import PairedComparison, PairedReport  # noqa: E402
-
-if TYPE_CHECKING:
-    from nas.reporting.aggregate import GroupSummary, RunRecord
+from nas.reporting.summaries import GroupSummary  # noqa: E402
 
 
 def format_pm(mean: float | None, std: float | None) -> str:
