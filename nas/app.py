@@ -22,16 +22,18 @@ from omegaconf import DictConfig, OmegaConf
 from nas.config import CONF_DIR, register_configs
 from nas.engine import run_folder
 from nas.engine.checkpoint import Checkpointer
-from nas.engine.identity import run_fingerprint
+from nas.engine.identity import code_version, run_fingerprint
 from nas.engine.logger import build_logger, run_group
 from nas.engine.parallel import broadcast_object, from_environment, slurm_environment
 from nas.engine.pipeline import run_pipeline
+from nas.engine.precision import resolve_precision
 from nas.engine.run_folder import RunRefused
 from nas.errors import ConfigError, NonFiniteError
 from nas.extensions import import_extensions
 from nas.validation import validate_run_config
 
 register_configs()
+code_version()  # the commit this process imported: every job of a sweep records it (nas/engine/identity.py)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="run")
@@ -51,6 +53,7 @@ def main(cfg: DictConfig) -> float:
     try:
         import_extensions(cfg.imports)  # their @REGISTRY.register calls, before validation reads the registries
         validate_run_config(cfg)
+        cfg.precision = resolve_precision(cfg.precision, cfg.device)  # before identity and records: fp32 or bf16
         parallel = from_environment(int(cfg.grad_accum), str(cfg.device), cfg.processes)
         run_dir = Path(str(broadcast_object(hydra_cfg.runtime.output_dir, parallel)))  # rank 0's run dir
         fingerprint = run_fingerprint(cfg)

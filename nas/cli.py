@@ -130,7 +130,7 @@ def run_help(overrides: list[str], prog: str = "diffora run") -> str:
 
 
 def aggregate_command(argv: list[str]) -> int:
-    """``diffora aggregate SWEEP_DIR [--out DIR] [--reference METHOD] [--reference-label LABEL]``."""
+    """``diffora aggregate SWEEP_DIR [--out DIR] [--reference METHOD] [--reference-label LABEL] [--within KEY]``."""
     from nas.reporting.aggregate import DEFAULT_REFERENCE, AggregateWarning, aggregate
 
     parser = argparse.ArgumentParser(prog="diffora aggregate", description=COMMANDS["aggregate"] + ": runs.csv, "
@@ -141,11 +141,17 @@ def aggregate_command(argv: list[str]) -> int:
                         help=f"method the paired differences are taken against (default: {DEFAULT_REFERENCE})")
     parser.add_argument("--reference-label", default=None, metavar="LABEL",
                         help="variant label of the reference row, needed only where the reference method has several "
-                             "rows in a task (e.g. 'space.rank=8', as printed in summary.md's variant column)")
+                             "rows in a task (e.g. 'space.rank=8', as printed in summary.md's variant column); "
+                             "with --within, key=value pairs the reference rows have (e.g. 'criterion=random')")
+    parser.add_argument("--within", action="append", default=[], metavar="KEY",
+                        help="pair each row with the reference row of the same KEY value (a label key, e.g. "
+                             "discretizer.rho: each budget against random at that budget) and draw curve.png; "
+                             "repeatable")
     args = parser.parse_args(argv)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        paths = aggregate(args.sweep_dir, args.out, reference=args.reference, reference_label=args.reference_label)
+        paths = aggregate(args.sweep_dir, args.out, reference=args.reference, reference_label=args.reference_label,
+                          within=args.within)
     for w in caught:
         if issubclass(w.category, AggregateWarning):
             print(f"diffora: warning: {w.message}", file=sys.stderr)

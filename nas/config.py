@@ -367,8 +367,11 @@ class RunConfig:
                                     "parallel)")
     skip_finished: bool = doc(False, "reuse a finished run in the folder if its fingerprint.json matches "
                                      "(resumable sweeps)")
+    search_cache: str | None = doc(None, "folder of saved searches, reused by runs that differ only after the "
+                                         "search; null: off")
     overwrite: bool = doc(False, "replace a finished run in the folder (otherwise a run into it is refused)")
-    precision: str = doc("fp32", "fp32 | bf16: autocast of every forward pass; weights and optimizers stay fp32")
+    precision: str = doc("auto", "auto (bf16 where the hardware has bf16 instructions, else fp32; the run records "
+                                 "which) | fp32 | bf16 (autocast)")
     group_by_length: bool = doc(False, "batches of similar length (seeded): less padding, same examples per epoch")
     processes: int | None = doc(None, "refuse to run unless exactly this many processes were launched (torchrun); "
                                       "null: any")

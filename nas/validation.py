@@ -11,7 +11,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from nas.config import OPTIMIZER_NAMES
-from nas.engine.precision import PRECISIONS
+from nas.engine.precision import PRECISION_CHOICES
 from nas.errors import ConfigError
 
 
@@ -98,7 +98,8 @@ def validate_run_config(cfg: Any) -> None:
            "second moment couples every coordinate); use bilevel.unrolled_step=sgd, or w_optimizer adam or sgd")
     _check(cfg.grad_accum >= 1, f"grad_accum={cfg.grad_accum} must be a positive number of micro-batches per step")
     _check(cfg.checkpoint.every >= 0, f"checkpoint.every={cfg.checkpoint.every} must be >= 0 (0 turns checkpoints off)")
-    _check(cfg.precision in PRECISIONS, f"precision={cfg.precision} is unknown; choose one of: {', '.join(PRECISIONS)}")
+    _check(cfg.precision in PRECISION_CHOICES,
+           f"precision={cfg.precision} is unknown; choose one of: {', '.join(PRECISION_CHOICES)}")
     _check(cfg.retrain.init in ("shared", "fresh"),
            f"retrain.init={cfg.retrain.init} is unknown; choose retrain.init=shared or retrain.init=fresh")
     _check(0.0 < cfg.bilevel.w_fraction < 1.0,

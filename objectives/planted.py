@@ -310,11 +310,14 @@ def recovery(selected: Sequence[str], planted: Sequence[str], order: Sequence[st
              module_types: Mapping[str, Hashable] | None = None) -> dict:
     """The ``recovery`` entry of metrics.json.
 
-    precision and auc judge the selection the run made and the criterion that drove it (auc is None when the
-    method has no per-module score); ``by_criterion`` judges every recorded criterion's scores by their own
-    top-|S| (precision@|S|) and their AUC, so criteria are compared on the same trained supernet, and, given
-    ``module_types`` (name → type), by ``auc_within_type``: the AUC among modules of one type (which layers?),
-    averaged over types (:func:`grouped_auc`).
+    ``precision`` is precision@|S| of the criterion that drove the selection: |top-|S| of its scores ∩ S| / |S|,
+    whatever ρ kept (so a ρ that keeps 18 of 36 with 9 planted does not turn it into a recall); a method without
+    per-module scores is judged by its selection, |selected ∩ S| / |selected| (LoRA on every module: |S|/N, chance).
+    ``selected_recall`` = |selected ∩ S| / |S| and ``selected_precision`` = |selected ∩ S| / |selected| judge the
+    selection itself. ``auc`` is the driving criterion's ROC-AUC (None without scores). ``by_criterion`` judges
+    every recorded criterion's scores by their own top-|S| (precision@|S|) and their AUC, so criteria are compared
+    on the same trained supernet, and, given ``module_types`` (name → type), by ``auc_within_type``: the AUC among
+    modules of one type (which layers?), averaged over types (:func:`grouped_auc`).
     """
     scores = dict(scores or {})
     truth = set(planted)
@@ -324,7 +327,10 @@ def recovery(selected: Sequence[str], planted: Sequence[str], order: Sequence[st
                               "auc": roc_auc(values, truth)}
         if module_types is not None:
             by_criterion[name]["auc_within_type"] = grouped_auc(values, truth, module_types)
-    return {"precision": precision_at(selected, planted),
+    hits = len(set(selected) & truth)
+    selected_precision = hits / len(selected) if selected else 0.0
+    return {"precision": by_criterion[criterion]["precision"] if criterion in scores else selected_precision,
+            "selected_precision": selected_precision, "selected_recall": hits / len(truth),
             "auc": roc_auc(scores[criterion], truth) if criterion in scores else None,
             "chance": len(planted) / len(order), "criterion": criterion, "planted": list(planted),
             "num_selected": len(selected), "by_criterion": by_criterion}

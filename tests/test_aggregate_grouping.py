@@ -159,3 +159,34 @@ def test_a_failed_planted_run_is_named_like_the_finished_ones(tmp_path: Path) ->
     (summary,) = summarize(load_runs(tmp_path))
     assert (summary.task, summary.label, summary.n, summary.failed) == ("planted-grid-regressionx384-effect0.05", "",
                                                                         1, 1)
+
+
+def test_a_budget_curve_pairs_each_size_with_random_at_that_size_and_draws_the_curve(tmp_path: Path) -> None:
+    """Two criteria and LoRA at two ρ, 3 seeds: with --within discretizer.rho each row is paired with
+    criterion=random at its own ρ (the differences are exact: 0.01·(1 + seed) and 0.1), LoRA included; a row of one
+    size only (full_ft) gets a note, not a wrong reference; curve.png is drawn."""
+    from nas.errors import ConfigError
+    from nas.reporting.aggregate import aggregate
+
+    for rho in (0.25, 0.5):
+        for seed in range(3):
+            for criterion, gain in (("dam", 0.01 * (1 + seed)), ("random", 0.0)):
+                write_run(tmp_path / f"{criterion}_{rho}_s{seed}", seed=seed, score=0.5 + rho + gain,
+                          config=BASE | {"criterion.name": criterion, "discretizer.rho": rho})
+            write_run(tmp_path / f"lora_{rho}_s{seed}", method="lora", seed=seed, score=0.6 + rho,
+                      config={"discretizer.rho": rho, "space.rank": 8})
+            write_run(tmp_path / f"full_s{seed}", method="full_ft", seed=seed, score=0.9, config={}) if rho == 0.5 \
+                else None
+    runs = load_runs(tmp_path)
+    report = paired_differences(runs, "diffora", "criterion=random", within=["discretizer.rho"])
+    found = {(c.method, c.label): (round(c.test.mean, 9), c.test.n, c.reference_label) for c in report.comparisons}
+    random_at = {rho: f"criterion=random, discretizer.rho={rho}" for rho in (0.25, 0.5)}
+    expected = {("diffora", f"criterion=dam, discretizer.rho={rho}"): (0.02, 3, random_at[rho]) for rho in random_at}
+    expected |= {("lora", f"discretizer.rho={rho}"): (0.1, 3, random_at[rho]) for rho in random_at}
+    assert found == expected
+    assert "full_ft" in report.notes["mrpc"] and "no paired reference" in report.notes["mrpc"]
+    with pytest.raises(ConfigError, match="2 rows of the reference method 'diffora' match discretizer.rho=0.25"):
+        paired_differences(runs, "diffora", None, within=["discretizer.rho"])
+    paths = aggregate(tmp_path, tmp_path / "out", reference="diffora", reference_label="criterion=random",
+                      within=["discretizer.rho"])
+    assert paths["curve_png"].stat().st_size > 10_000

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from nas.config import PROJECT_ROOT
+from nas.engine.precision import resolve_precision
 
 RUN = [sys.executable, str(PROJECT_ROOT / "experiments" / "run.py")]
 
@@ -62,6 +64,9 @@ def test_smoke_run_writes_all_outputs(tmp_path: Path) -> None:
                                              "branch_init": "kaiming", "w_optimizer": "adam@0.001", "w_lr_start": 1.0,
                                              "alpha_shrink": "off", "w_average": 0.98,
                                              "search_steps": 6}
+    used = resolve_precision("auto", "cpu")  # precision=auto (the default) is recorded as what the run used
+    assert variant["precision"] == used and yaml.safe_load((tmp_path / ".hydra/config.yaml").read_text())[
+        "precision"] == used and json.loads((tmp_path / "fingerprint.json").read_text())["config"]["precision"] == used
 
 
 @pytest.mark.slow

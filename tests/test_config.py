@@ -40,7 +40,8 @@ def test_every_option_composes_and_validates(group: str, option: str, tmp_path: 
     cfg = compose_run([f"{group}={option}", *extra])
     OmegaConf.resolve(cfg)
     validate_run_config(cfg)
-    method = {("experiment", "placement_bench"): "fixed"}.get((group, option), "diffora")  # experiments that set one
+    method = {("experiment", "placement_bench"): "fixed", ("experiment", "budget_curve_lora"): "lora"}.get(
+        (group, option), "diffora")  # experiments that set one
     assert cfg.method.name == (option if group == "method" else method)
 
 
@@ -91,7 +92,7 @@ def test_unknown_group_option_lists_the_available_ones() -> None:
         ("bilevel.w_fraction=1.0", "w_fraction"),
         ("space.rank=0", "space.rank=0 must be a positive integer"),
         ("method.name=adaloraa", "method=adaloraa is unknown; choose one of: adalora, diffora"),
-        ("precision=fp16", "precision=fp16 is unknown; choose one of: fp32, bf16"),
+        ("precision=fp16", "precision=fp16 is unknown; choose one of: auto, fp32, bf16"),
         ("task.epochs=null", "task=sst2 sets no default training length: set retrain.steps=N or retrain.epochs"),
         ("task.epochs=-1", "task.epochs=-1.0 must be a positive number of passes"),
         ("task.search_steps=-1", "task.search_steps=-1 must be >= 0"),  # named, not the bilevel.steps it sets
@@ -243,3 +244,27 @@ def test_bad_counts_are_refused_before_the_model_loads_naming_the_key(overrides:
 ])
 def test_the_smallest_valid_counts_pass(overrides: list[str]) -> None:
     validate_run_config(compose_run(overrides))
+
+
+def _planted_pairs(cfg: DictConfig) -> set[tuple[str, int]]:
+    return {(str(t), int(layer)) for t in cfg.task.module_types for layer in cfg.task.layers}
+
+
+def test_the_held_out_planted_sets_share_nothing_with_the_sets_the_defaults_were_tuned_on() -> None:
+    """Defaults chosen on planted_seed 0 and experiment=planted_search's grid; reported on planted seeds 100-109 and
+    two 9-module grids with no (type, layer) of the tuned grid, at the defaults (no override of the search)."""
+    from hydra import compose, initialize_config_dir
+
+    tuned = compose_run(["experiment=planted_search", "task.pattern=grid"])
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        sweep = compose("run", overrides=["experiment=planted_heldout"], return_hydra_config=True)
+    assert sweep.task.pattern == "random" and sweep.hydra.sweeper.params["task.planted_seed"] == "range(100,110)"
+    assert tuned.task.planted_seed == 0 and 0 not in range(100, 110)
+    grids = [compose_run(["experiment=planted_heldout_grid", f"planted_grid={name}"]) for name in ("a", "b")]
+    for grid in grids:
+        assert grid.task.pattern == "grid" and len(_planted_pairs(grid)) == 9
+        assert not _planted_pairs(grid) & _planted_pairs(tuned)
+    assert _planted_pairs(grids[0]) != _planted_pairs(grids[1])
+    for held_out in (compose_run(["experiment=planted_heldout"]), *grids):  # the search exactly as tuned
+        for key in ("bilevel", "relaxation", "criterion", "discretizer", "space"):
+            assert held_out[key] == tuned[key], key

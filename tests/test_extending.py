@@ -279,7 +279,7 @@ def test_a_planted_search_driven_by_the_example_gets_its_known_answer(example_ru
     top = [name for name in names if rows[name] == 4][:3] + [name for name in names if rows[name] == 5]
     assert top == top_k(scores, names, len(planted))  # the guide's T: the first 3 modules of layer 4, and layer 5
     assert recovery["by_criterion"]["inverse_depth"]["precision"] == len(set(top) & set(planted)) / len(planted)
-    assert recovery["precision"] == len(set(selection["selected"]) & set(planted)) / len(planted)
+    assert recovery["selected_recall"] == len(set(selection["selected"]) & set(planted)) / len(planted)
     assert json.loads((example_run / "fingerprint.json").read_text())["config"]["imports"] == ["my_criteria"]
 
 

@@ -38,11 +38,13 @@ def test_planted_task_judges_every_method_against_the_planted_set(tmp_path: Path
     assert result["task"] == "planted-random-regressionx384-size0.5" and len(planted["modules"]) == 9
     assert recovery["chance"] == 0.25 and recovery["planted"] == planted["modules"]
     selected = json.loads((tmp_path / "selection.json").read_text())["selected"]
-    assert recovery["precision"] == len(set(selected) & set(planted["modules"])) / 9
-    if method == "lora":  # every module, no scores: precision 1, no AUC
-        assert recovery["precision"] == 1.0 and recovery["auc"] is None
+    assert recovery["selected_recall"] == len(set(selected) & set(planted["modules"])) / 9
+    if method == "lora":  # every module, no scores: judged by its selection, precision = chance, no AUC
+        assert recovery["precision"] == 0.25 and recovery["selected_recall"] == 1.0 and recovery["auc"] is None
     else:
         assert len(selected) == 9 and 0.0 <= recovery["auc"] <= 1.0
+        driving = recovery["criterion"]  # at |selected| = |S| both readings agree
+        assert recovery["precision"] == recovery["by_criterion"][driving]["precision"] == recovery["selected_recall"]
         assert set(recovery["by_criterion"]) == ({"random"} if method == "random" else
                                                  {"dam", "gate_saliency", "fisher", "grad_norm", "branch_norm",
                                                   "perturbation", "random"})

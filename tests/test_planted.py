@@ -188,10 +188,25 @@ def test_recovery_of_an_oracle_a_reversed_oracle_and_a_selection() -> None:
     oracle = {name: float(name in planted) + 0.01 * i for i, name in enumerate(order)}
     reversed_oracle = {name: -value for name, value in oracle.items()}
     result = recovery(["m1", "m2"], planted, order, {"oracle": oracle, "reversed": reversed_oracle}, "oracle")
-    assert result["precision"] == 0.5 and result["auc"] == 1.0 and result["chance"] == 0.25
+    assert result["precision"] == 1.0 and result["auc"] == 1.0 and result["chance"] == 0.25  # the criterion's top-|S|
+    assert result["selected_precision"] == 0.5 and result["selected_recall"] == 0.5  # the selection it made
     assert result["by_criterion"]["oracle"] == {"precision": 1.0, "auc": 1.0}
     assert result["by_criterion"]["reversed"] == {"precision": 0.0, "auc": 0.0}
-    assert recovery(order, planted, order)["auc"] is None  # a method without scores (LoRA on all)
+    everything = recovery(order, planted, order)  # a method without scores (LoRA on all): judged by its selection
+    assert everything["auc"] is None and everything["precision"] == 0.25 and everything["selected_recall"] == 1.0
+
+
+def test_precision_is_at_the_planted_size_whatever_rho_keeps() -> None:
+    """ρ = 0.5 keeps 4 of 8 with 2 planted: a perfect criterion has precision 1 (not 2/4), a selection that holds both
+    planted modules has recall 1; a criterion whose top-2 holds one of them has precision 0.5 whatever was kept."""
+    order = [f"m{i}" for i in range(8)]
+    planted = ["m1", "m4"]
+    perfect = {name: float(name in planted) for name in order}
+    half = {name: float(name in ("m1", "m2")) + 0.1 * float(name == "m4") for name in order}
+    for kept in (["m1", "m4", "m0", "m2"], ["m1", "m4"], ["m1", "m4", "m0", "m2", "m3", "m5"]):
+        assert recovery(kept, planted, order, {"dam": perfect}, "dam")["precision"] == 1.0
+    result = recovery(["m1", "m2", "m4", "m0"], planted, order, {"dam": half}, "dam")
+    assert result["precision"] == 0.5 and result["selected_recall"] == 1.0 and result["selected_precision"] == 0.5
 
 
 def test_precision_of_a_random_selection_averages_to_chance() -> None:

@@ -8,7 +8,7 @@ from test_determinism import TOKENIZER, synthetic_data
 from test_methods import tiny_backbone
 
 from nas.engine.logger import NullLogger
-from nas.engine.precision import autocast, cpu_bf16_is_native, precision_warning
+from nas.engine.precision import autocast, cpu_bf16_is_native, precision_warning, resolve_precision
 from nas.engine.training import LengthGroupedBatches, evaluate, finetune, make_loader
 from objectives import get_task
 
@@ -46,7 +46,7 @@ def test_loader_groups_only_when_asked_and_only_for_shuffled_passes() -> None:
 
 
 def test_bad_precision_is_one_clear_error() -> None:
-    with pytest.raises(ValueError, match="precision=fp16 is unknown; choose one of: fp32, bf16"):
+    with pytest.raises(ValueError, match="precision=fp16 is unknown; choose one of: auto, fp32, bf16"):
         autocast("cpu", "fp16")
 
 
@@ -118,3 +118,26 @@ def test_bf16_on_a_cpu_without_bf16_instructions_gets_a_warning_naming_the_fix(
     assert (warning is not None) is warns
     if warns:
         assert "precision=fp32" in warning and "avx512_bf16" in warning
+
+
+@pytest.mark.parametrize(("choice", "device", "cpuinfo", "resolved"), [
+    ("auto", "cpu", AVX2, "fp32"),  # no bf16 instructions: autocast would emulate bf16, many times slower
+    ("auto", "cpu", AVX512_BF16, "bf16"),
+    ("auto", "cpu", AMX, "bf16"),
+    ("auto", "cpu", "processor\t: 0\nFeatures\t: fp asimd\n", "fp32"),  # not x86, or unreadable: the safe choice
+    ("auto", "mps", AMX, "fp32"),  # neither CPU nor CUDA
+    ("fp32", "cpu", AMX, "fp32"),  # an explicit choice is kept
+    ("bf16", "cpu", AVX2, "bf16"),  # (and warned about elsewhere)
+])
+def test_auto_precision_is_bf16_only_where_the_hardware_has_bf16_instructions(
+        choice: str, device: str, cpuinfo: str, resolved: str) -> None:
+    assert resolve_precision(choice, device, cpuinfo) == resolved
+
+
+def test_auto_precision_on_cuda_follows_the_compute_capability(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for capability, resolved in (((7, 0), "fp32"), ((8, 0), "bf16"), ((9, 0), "bf16")):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        assert resolve_precision("auto", "cuda:0", AVX2) == resolved
+    with pytest.raises(ValueError, match="precision=fp16 is unknown; choose one of: auto, fp32, bf16"):
+        resolve_precision("fp16", "cpu")

@@ -158,3 +158,14 @@ def test_run_log_holds_what_the_run_printed_with_progress_bars_at_their_last_sta
     with run_folder.capture_output(tmp_path, append=True):
         print("resumed")
     assert (tmp_path / "run.log").read_text().endswith("(only in the log)\nresumed\n")
+
+
+def test_the_code_version_is_the_one_the_process_imported(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sweep's jobs run in one process: a commit made while they run must not be recorded as theirs."""
+    import subprocess
+
+    import nas.app  # noqa: F401  (reads the version at import)
+
+    before = identity.code_version()
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: (_ for _ in ()).throw(AssertionError("git read again")))
+    assert identity.code_version() == before and before != ""

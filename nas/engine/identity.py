@@ -17,6 +17,7 @@ groups runs by the same flat config (nas/reporting/run_records.py). :func:`diff`
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import subprocess
@@ -28,8 +29,8 @@ from omegaconf import DictConfig, OmegaConf
 
 FILENAME = "fingerprint.json"
 # Settings that change where and how a run runs, never what it computes. Each entry is a key or a key prefix.
-VOLATILE = ("resume", "skip_finished", "overwrite", "threads", "device", "logger", "paths", "checkpoint",
-            "bilevel.log_every", "retrain.log_every", "task.data_dir", "model.name_or_path")
+VOLATILE = ("resume", "skip_finished", "overwrite", "search_cache", "threads", "device", "logger", "paths",
+            "checkpoint", "bilevel.log_every", "retrain.log_every", "task.data_dir", "model.name_or_path")
 UNSET = "<unset>"
 
 
@@ -161,9 +162,12 @@ def run_fingerprint(cfg: DictConfig) -> dict[str, Any]:
     return fingerprint(cfg, resolve_model_path(str(cfg.model.name_or_path)), data_files(cfg.task))
 
 
+@functools.cache
 def code_version() -> str:
     """The checkout's commit (``-dirty`` when tracked files changed); ``unknown`` without git. Provenance, written to
-    metrics.json; not part of the fingerprint (a run may be resumed or reused across a commit)."""
+    metrics.json; not part of the fingerprint (a run may be resumed or reused across a commit). Read once per
+    process (nas/app.py reads it at import): the jobs of a sweep run the code the process imported, whatever is
+    committed while they run."""
     root = Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True,

@@ -25,7 +25,7 @@ from nas.engine.identity import code_version
 from nas.engine.logger import Logger
 from nas.engine.outputs import seed_everything, write_json
 from nas.engine.parallel import SINGLE, Parallel
-from nas.engine.precision import precision_warning
+from nas.engine.precision import precision_warning, resolve_precision
 from nas.engine.training import count_parameters, evaluate, finetune, make_loader
 from nas.errors import ConfigError
 from nas.methods import METHODS, MethodContext, Prepared
@@ -96,6 +96,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, logger: Logger, checkpoint: Che
     parallel.check(int(cfg.bilevel.batch_size), "bilevel.batch_size")
     parallel.check(int(cfg.retrain.batch_size), "retrain.batch_size")
     total_start = time.perf_counter()
+    cfg.precision = resolve_precision(cfg.precision, cfg.device)  # a no-op after nas/app.py (which resolves first)
     if parallel.is_main and (warning := precision_warning(cfg.device, cfg.precision)):
         print(warning)
     seed_everything(cfg.seed)

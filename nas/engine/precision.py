@@ -1,4 +1,9 @@
-"""Numeric precision of the forward passes: ``precision=fp32`` (default) or ``bf16`` (autocast).
+"""Numeric precision of the forward passes: ``precision=auto`` (default), ``fp32`` or ``bf16`` (autocast).
+
+``auto`` is resolved once, before a run's identity is taken (:func:`resolve_precision`): bf16 where the hardware
+has bf16 matrix instructions (an x86 CPU with AVX512-BF16 or AMX, a CUDA GPU of compute capability ≥ 8.0, i.e.
+Ampere or later), fp32 elsewhere. The run records the precision it used (its config, fingerprint and metrics.json
+say fp32 or bf16, never auto), so runs on two machines are never pooled as one configuration.
 
 Under ``bf16`` every forward pass of the search, the training loop, the criteria and the evaluation runs in
 ``torch.autocast(device_type, dtype=torch.bfloat16)``: matrix products take bf16 inputs and accumulate in fp32,
@@ -12,35 +17,60 @@ second-order checks.
 
 from __future__ import annotations
 
+import functools
 from contextlib import AbstractContextManager
 from pathlib import Path
 
 import torch
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16")  # what a run computes in
+PRECISION_CHOICES = ("auto", *PRECISIONS)  # what a user may ask for
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of x86 CPUs with bf16 matrix instructions
 
 
 def autocast(device: str | torch.device, precision: str) -> AbstractContextManager:
-    """The autocast context of ``precision`` on ``device`` (disabled for fp32)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision={precision} is unknown; choose one of: {', '.join(PRECISIONS)}")
+    """The autocast context of ``precision`` on ``device`` (disabled for fp32; ``auto`` as :func:`resolve_precision`
+    resolves it, for callers of the library that pass a composed config without running it through the app)."""
+    precision = resolve_precision(precision, device)
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
                           enabled=precision == "bf16")
+
+
+@functools.cache
+def _this_cpuinfo() -> str | None:
+    """This machine's ``/proc/cpuinfo`` (read once per process: autocast asks at every step); None where absent."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
 
 
 def cpu_bf16_is_native(cpuinfo: str | None = None) -> bool | None:
     """Whether this x86 CPU has bf16 matrix instructions (a flag of :data:`NATIVE_BF16_FLAGS` in ``/proc/cpuinfo``,
     or in ``cpuinfo`` when given); ``None`` where that cannot be read (not Linux, or not x86)."""
     if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
+        cpuinfo = _this_cpuinfo()
+        if cpuinfo is None:
             return None
     flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), None)
     if flags is None:
         return None
     return any(flag in flags for flag in NATIVE_BF16_FLAGS)
+
+
+def resolve_precision(choice: str, device: str | torch.device, cpuinfo: str | None = None) -> str:
+    """``choice`` itself for fp32 or bf16; for ``auto``: bf16 on a CUDA device of capability ≥ 8.0 or a CPU with
+    bf16 instructions (:func:`cpu_bf16_is_native`), fp32 elsewhere (older GPUs, AVX2-only CPUs, other devices)."""
+    if choice not in PRECISION_CHOICES:
+        raise ValueError(f"precision={choice} is unknown; choose one of: {', '.join(PRECISION_CHOICES)}")
+    if choice != "auto":
+        return choice
+    kind = torch.device(device)
+    if kind.type == "cuda":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.get_device_capability(kind)[0] >= 8 else "fp32"
+    if kind.type == "cpu":
+        return "bf16" if cpu_bf16_is_native(cpuinfo) else "fp32"
+    return "fp32"
 
 
 def precision_warning(device: str | torch.device, precision: str, cpuinfo: str | None = None) -> str | None:

@@ -28,7 +28,7 @@ import numpy as np
 
 from nas.engine.identity import is_volatile
 from nas.errors import ConfigError
-from nas.reporting.aggregate_report import plot_summary, to_markdown, write_tables
+from nas.reporting.aggregate_report import plot_curve, plot_summary, to_markdown, write_tables
 from nas.reporting.run_records import (  # noqa: F401 (AggregateWarning, Recovery, RunRecord: public here too)
     FULL_CONFIG_SOURCES,
     MISSING,
@@ -309,25 +309,31 @@ def _scores_by_seed(runs: Sequence[RunRecord], where: str, quantity: str = "scor
 
 
 def paired_differences(runs: Sequence[RunRecord], reference: str = DEFAULT_REFERENCE,
-                       reference_label: str | None = None, quantity: str = "score") -> PairedReport:
+                       reference_label: str | None = None, quantity: str = "score",
+                       within: Sequence[str] = ()) -> PairedReport:
     """Per task, every (method, label) row against the ``reference`` method's row, seed by seed (runs sharing a
     seed share data order and split): ``nas.reporting.statistics.paired_comparisons`` on the finished runs' scores,
     or with ``quantity="recovery precision"`` on the planted runs' recovery precision (rows without recovery have no
     values and are left out).
 
     Differences are rounded to the quantity's resolution where it is known (:func:`_resolutions`): 1/|S| for the
-    recovery precision, 1/|dev| for an accuracy; else to 12 decimals."""
+    recovery precision, 1/|dev| for an accuracy; else to 12 decimals. ``within`` (label keys): each row against the
+    reference row with the same values of those keys (``discretizer.rho``: each budget against random at that budget;
+    nas.reporting.statistics.paired_comparisons)."""
     if quantity not in PAIRED_QUANTITIES:
         raise ValueError(f"quantity={quantity!r} is unknown; choose one of: {', '.join(PAIRED_QUANTITIES)}")
     groups = _groups(runs)
     rows = {key: _scores_by_seed([runs[i] for i in indices], " ".join(key).rstrip(), quantity)
             for key, indices in groups.items()}
+    varying = _varying(runs)
+    variants = {key: varying[indices[0]] for key, indices in groups.items()}
     return paired_comparisons({key: scores for key, scores in rows.items() if scores}, reference, reference_label,
-                              quantity, _resolutions(runs, groups, quantity))
+                              quantity, _resolutions(runs, groups, quantity), within, variants)
 
 
 def _resolution_count(run: RunRecord, quantity: str) -> int | None:
-    """m such that the run's ``quantity`` is a multiple of 1/m: |S| for the recovery precision (|selected ∩ S|/|S|),
+    """m such that the run's ``quantity`` is a multiple of 1/m: |S| for the recovery precision (|top-|S| ∩ S|/|S|;
+    a method without scores, judged by |selected ∩ S|/|selected|, is off that grid and :func:`_resolutions` sees it),
     the dev-set size for an accuracy (correct/|dev|); None where unknown."""
     if quantity == "recovery precision":
         return len(run.recovery.planted) if run.recovery is not None and run.recovery.planted else None
@@ -359,15 +365,18 @@ __all__ = ["AggregateWarning", "GroupSummary", "PairedComparison", "PairedReport
 
 
 def aggregate(sweep_dir: str | Path, out_dir: str | Path | None = None, *, reference: str = DEFAULT_REFERENCE,
-              reference_label: str | None = None) -> dict[str, Path]:
+              reference_label: str | None = None, within: Sequence[str] = ()) -> dict[str, Path]:
     """load_runs → summarize and paired_differences (of the scores and, where runs recorded recovery, of the recovery
     precision) → tables and plot in ``out_dir`` (default ``<sweep_dir>/aggregate``): runs.csv, summary.csv,
-    summary.md, paired.csv and summary.png."""
+    summary.md, paired.csv and summary.png; with ``within`` (a budget curve's size key), each row is paired with the
+    reference at the same size, and curve.png draws the dev metric against adapter parameters with t-CI bands."""
     runs = load_runs(sweep_dir)
     summaries = summarize(runs)
-    paired = paired_differences(runs, reference, reference_label)
-    recovery = paired_differences(runs, reference, reference_label, "recovery precision")
+    paired = paired_differences(runs, reference, reference_label, within=within)
+    recovery = paired_differences(runs, reference, reference_label, "recovery precision", within=within)
     out = Path(out_dir) if out_dir is not None else Path(sweep_dir).expanduser() / "aggregate"
     paths = write_tables(summaries, runs, out, paired, recovery)
     paths["summary_png"] = plot_summary(summaries, out / "summary.png")
+    if within:
+        paths["curve_png"] = plot_curve(summaries, within, out / "curve.png")
     return paths

@@ -360,3 +360,39 @@ def _draw_task(ax: Any, task: str, groups: list[GroupSummary], colors: dict[str,
     ax.set_title(task)
 
 
+
+
+def plot_curve(summaries: Sequence[GroupSummary], within: Sequence[str], path: str | Path) -> Path:
+    """One subplot per task: the dev metric against adapter parameters (effective, else trainable; the mean over
+    seeds), one line per (method, label without the ``within`` keys) through its sizes, with the 95% t-interval of
+    the mean, x̄ ± t₍ₙ₋₁, 0.975₎·s/√n, as a band (none below two seeds)."""
+    from scipy import stats
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    panels = [(task, [g for g in groups if g.score_mean is not None]) for task, groups in _by_task(summaries)]
+    panels = [(task, groups) for task, groups in panels if groups] or [("no finished runs", [])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    for ax, (task, groups) in zip(axes.flat, panels, strict=True):
+        series: dict[str, list[GroupSummary]] = defaultdict(list)
+        for g in groups:
+            rest = ", ".join(f"{k}={v}" for k, v in g.variant.items() if k not in within)
+            series[f"{g.method} {rest}".strip()].append(g)
+        for name, members in sorted(series.items()):
+            points = sorted((g.effective_params or g.trainable_params or 0.0, g.score_mean, g.score_std, g.n)
+                            for g in members)
+            x, y = np.array([p[0] for p in points]), np.array([p[1] for p in points], dtype=float)
+            half = np.array([stats.t.ppf(0.975, n - 1) * s / math.sqrt(n) if n > 1 and s is not None else 0.0
+                             for _, _, s, n in points])
+            ax.plot(x, y, marker="o", label=name)
+            ax.fill_between(x, y - half, y + half, alpha=0.15)
+        ax.set_xscale("log")
+        ax.set_xlabel("adapter parameters")
+        ax.set_ylabel(_task_main(groups)[0] if groups else "")
+        ax.set_title(task)
+        if series:
+            ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -28,8 +28,9 @@ class AggregateWarning(UserWarning):
 
 @dataclass
 class Recovery:
-    """metrics.json's ``recovery`` on a planted task with planted set S of N candidates: precision = |selected ∩ S| /
-    |S|, auc = ROC-AUC of the per-module scores against membership of S (None where undefined), chance = |S| / N;
+    """metrics.json's ``recovery`` on a planted task with planted set S of N candidates: precision = precision@|S| of
+    the driving criterion (|selected ∩ S| / |selected| for a method without scores; objectives/planted.py),
+    auc = ROC-AUC of the per-module scores against membership of S (None where undefined), chance = |S| / N;
     ``by_criterion`` maps a scoring criterion to its (precision, auc)."""
 
     precision: float

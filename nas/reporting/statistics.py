@@ -12,6 +12,7 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from itertools import combinations
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -271,16 +272,50 @@ def _reference_label(task: str, reference: str, labels: Sequence[str], reference
     return reference_label
 
 
+def _label_pairs(label: str) -> dict[str, str]:
+    """``{"criterion": "random"}`` of the label ``criterion=random`` (pairs joined by ", ")."""
+    pairs = [part.split("=", 1) for part in label.split(", ") if part]
+    if any(len(pair) != 2 for pair in pairs):
+        raise ConfigError(f"--reference-label {label!r}: expected key=value pairs joined by ', ', "
+                          "e.g. criterion=random")
+    return dict(pairs)  # type: ignore[arg-type]
+
+
+def _reference_within(task: str, reference: str, labels: Sequence[str], reference_label: str | None,
+                      row: Mapping[str, Any], variants: Mapping[str, Mapping[str, Any]], within: Sequence[str]) -> str:
+    """The reference method's row of ``task`` that has ``row``'s values of the ``within`` keys and every pair of
+    ``reference_label`` (a partial label: ``criterion=random``); exactly one must, else ConfigError."""
+    wanted = _label_pairs(reference_label or "")
+    found = [label for label in labels
+             if all(variants[label].get(key) == row.get(key) for key in within)
+             and all(str(_shown(variants[label].get(key))) == value for key, value in wanted.items())]
+    if len(found) != 1:
+        where = ", ".join(f"{key}={_shown(row.get(key))}" for key in within)
+        shown = "; ".join(repr(label) for label in found or labels)
+        raise ConfigError(f"task {task}: {len(found)} rows of the reference method {reference!r} match {where}"
+                          f"{' and ' + reference_label if reference_label else ''} ({shown}); name one with "
+                          "--reference-label (key=value pairs that the reference row has)")
+    return found[0]
+
+
+def _shown(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def paired_comparisons(rows: Mapping[tuple[str, str, str], Mapping[Hashable, float]], reference: str,
                        reference_label: str | None = None, quantity: str = "score",
-                       resolution: float | Mapping[str, float | None] | None = None) -> PairedReport:
+                       resolution: float | Mapping[str, float | None] | None = None, within: Sequence[str] = (),
+                       variants: Mapping[tuple[str, str, str], Mapping[str, Any]] | None = None) -> PairedReport:
     """``rows`` maps (task, method, label) to {seed: score}; each row is compared with its task's reference row
     on the seeds S both ran: d_s = score_s − reference_score_s for s ∈ S, tested by ``paired_test`` at the
     ``resolution`` of the values (one for every task, or task → resolution; None or a task left out: 12 decimals).
 
     The reference row is the ``reference`` method's row of the task; when that method has several rows there,
-    ``reference_label`` names it (and is not used elsewhere), else ConfigError. A task without a reference row
-    is skipped with a note. Rows without a shared seed are kept with n = 0. ``quantity`` names the paired values.
+    ``reference_label`` names it (and is not used elsewhere), else ConfigError. With ``within`` (label keys, e.g.
+    ``discretizer.rho``) and ``variants`` (each row's ``{label key: value}``), each row has its own reference: the
+    reference method's row with the same values of those keys (a budget curve: each k against random at that k),
+    narrowed by ``reference_label`` read as key=value pairs. A task without a reference row is skipped with a note.
+    Rows without a shared seed are kept with n = 0. ``quantity`` names the paired values.
     """
     report = PairedReport(reference=reference, quantity=quantity)
     tasks: dict[str, list[tuple[str, str]]] = {}
@@ -292,12 +327,20 @@ def paired_comparisons(rows: Mapping[tuple[str, str, str], Mapping[Hashable, flo
             what = "" if quantity == "score" else f" and a {quantity}"
             report.notes[task] = f"no finished {reference} run with a seed{what} on {task}, so no paired comparison"
             continue
-        ref_label = _reference_label(task, reference, labels, reference_label)
-        ref = rows[(task, reference, ref_label)]
+        ref_label = None if within else _reference_label(task, reference, labels, reference_label)
         step = resolution.get(task) if isinstance(resolution, Mapping) else resolution
+        references = {label: (variants or {}).get((task, reference, label), {}) for label in labels}
         for method, label in keys:
+            if within:
+                row = (variants or {}).get((task, method, label), {})
+                if any(key not in row for key in within):  # e.g. a method run at one size only
+                    report.notes[task] = (f"{method} {label}".strip() + f" does not vary {', '.join(within)}, "
+                                          "so it has no paired reference")
+                    continue
+                ref_label = _reference_within(task, reference, labels, reference_label, row, references, within)
             if (method, label) == (reference, ref_label):
                 continue
+            ref = rows[(task, reference, ref_label)]
             scores = rows[(task, method, label)]
             seeds = sorted(set(scores) & set(ref), key=lambda seed: (str(type(seed)), seed))
             report.comparisons.append(PairedComparison(

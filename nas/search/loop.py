@@ -223,15 +223,19 @@ def search(settings: SearchSettings, backbone: Backbone, space: SearchSpace, dat
     ``bilevel.steps`` steps, then score the criteria that run on the trained supernet. With ``checkpoint``, the
     search's state is saved as stage ``search`` when due, and a saved one is restored after the init criteria.
     ``parallel`` splits every global batch over the processes and micro-batches (nas/engine/parallel.py)."""
-    b = settings.bilevel
-    relaxation = relaxation_from(settings)
-    generator = torch.Generator().manual_seed(settings.seed)
-    supernet = SuperNet(backbone.model, space, relaxation, backbone.head_names, operator=settings.space.operator,
-                        rank=settings.space.rank, alpha=settings.space.alpha, dropout=settings.space.dropout,
-                        operator_args=settings.space.operator_args, generator=generator,
-                        branch_size=b.branch_size).to(settings.device)
-    with dropout_set(supernet, b.dropout):
+    supernet = build_supernet(settings, backbone, space)
+    with dropout_set(supernet, settings.bilevel.dropout):
         return _search(settings, supernet, backbone, data, logger, budget_target, checkpoint, parallel)
+
+
+def build_supernet(settings: SearchSettings, backbone: Backbone, space: SearchSpace) -> SuperNet:
+    """The untrained supernet of ``settings`` on ``backbone`` (wrapped in place), as every search starts: its
+    branches and DAM logits drawn from the seed (a saved search is loaded into one built the same way)."""
+    generator = torch.Generator().manual_seed(settings.seed)
+    return SuperNet(backbone.model, space, relaxation_from(settings), backbone.head_names,
+                    operator=settings.space.operator, rank=settings.space.rank, alpha=settings.space.alpha,
+                    dropout=settings.space.dropout, operator_args=settings.space.operator_args, generator=generator,
+                    branch_size=settings.bilevel.branch_size).to(settings.device)
 
 
 def _search(settings: SearchSettings, supernet: SuperNet, backbone: Backbone, data: TaskData, logger: Logger,
