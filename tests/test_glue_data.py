@@ -234,7 +234,7 @@ def test_cache_key_depends_on_content(tokenizer) -> None:
 
 def test_regression_labels_are_standardized_on_train_statistics(tokenizer, tmp_path: Path) -> None:
     """STS-B: train labels become z-scores (mean 0, std 1); dev labels go through the same affine map, so every dev
-    Pearson/Spearman is unchanged; classification labels and standardize=False are left alone."""
+    Pearson/Spearman is unchanged; classification labels (RTE) and standardize=False are left alone."""
     from nas.engine.data import prepare_data
 
     stsb = get_task("stsb")
@@ -249,6 +249,6 @@ def test_regression_labels_are_standardized_on_train_statistics(tokenizer, tmp_p
     predictor = np.asarray(raw.dev["input_ids"], dtype=object)
     lengths = np.array([len(ids) for ids in predictor], dtype=float)
     assert np.corrcoef(lengths, y_dev)[0, 1] == pytest.approx(np.corrcoef(lengths, z_dev)[0, 1], abs=1e-6)
-    sst2 = get_task("sst2")
-    labels = prepare_data(sst2, str(GLUE_DIR), tokenizer, 32, str(tmp_path), 0, 200, 100, standardize=True)
+    rte = get_task("rte")
+    labels = prepare_data(rte, str(GLUE_DIR), tokenizer, 32, str(tmp_path), 0, 200, 100, standardize=True)
     assert set(labels.train["labels"]) == {0, 1}
