@@ -30,6 +30,9 @@ MODULE_TYPE_PRESETS: dict[str, tuple[str, ...]] = {
         "intermediate.dense",
         "output.dense",
     ),
+    # MPNet (all-mpnet-base-v2): the attention's projections are attention.attn.{q,k,v,o}; output.dense is the FFN's.
+    "mpnet": ("attention.attn.q", "attention.attn.k", "attention.attn.v", "attention.attn.o", "intermediate.dense",
+              "output.dense"),
     # Llama-style decoders (also Mistral, Qwen2/3, Gemma).
     "llama": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
     # GPT-2 (transformers Conv1D modules).
@@ -43,6 +46,7 @@ MODEL_TYPE_TO_PRESET: dict[str, str] = {
     "xlm-roberta": "roberta",
     "camembert": "roberta",
     "deberta-v2": "deberta",
+    "mpnet": "mpnet",
     "llama": "llama",
     "mistral": "llama",
     "qwen2": "llama",

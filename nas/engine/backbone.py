@@ -24,6 +24,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from nas.engine.model_parts import ASSEMBLED_PREFIX, resolve_assembled
 from nas.errors import ConfigError
 
 PACKAGE_PREFIX = "package:"
@@ -32,7 +33,10 @@ LISTED = 10  # names a warning lists before "… (n more)"
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """Turn ``package:pkg/folder`` into a folder path; check local paths exist; pass hub ids through."""
+    """Turn ``package:pkg/folder`` into a folder path, ``assembled:<name>`` into the folder assembled from its PyPI
+    parts (nas/engine/model_parts.py); check local paths exist; pass hub ids through."""
+    if name_or_path.startswith(ASSEMBLED_PREFIX):
+        return resolve_assembled(name_or_path)
     if name_or_path.startswith(PACKAGE_PREFIX):
         package, _, folder = name_or_path[len(PACKAGE_PREFIX):].partition("/")
         spec = importlib.util.find_spec(package)
