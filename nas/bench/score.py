@@ -51,10 +51,18 @@ def rank_agreement(scores: Mapping[str, float], utility: Mapping[str, float]) ->
     return float(stats.spearmanr(x, y).statistic), float(stats.kendalltau(x, y).statistic)
 
 
+MIN_SUBSETS = 10  # below it a percentile moves in steps of more than 10 points
+
+
 def percentile(value: float, distribution: Sequence[float]) -> float:
-    """100 · (#{r < value} + ½ · #{r = value}) / n: the mid-rank percentile of ``value`` among ``distribution``."""
+    """100 · (#{r < value} + ½ · #{r = value}) / n: the mid-rank percentile of ``value`` among ``distribution``;
+    refused for fewer than :data:`MIN_SUBSETS` random subsets."""
     if not distribution:
         raise ConfigError("no random subsets of this size at this seed in the table (placement draw:k:j)")
+    if len(distribution) < MIN_SUBSETS:
+        raise ConfigError(f"only {len(distribution)} random subsets of this size at this seed: a percentile among "
+                          f"them moves in steps of {100 / len(distribution):.0f} points; train at least {MIN_SUBSETS} "
+                          "(method.placement=draw:k:0,...,draw:k:9) and rebuild the table")
     below = sum(r < value for r in distribution)
     ties = sum(r == value for r in distribution)
     return 100.0 * (below + 0.5 * ties) / len(distribution)
