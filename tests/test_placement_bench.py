@@ -11,6 +11,7 @@ from conftest import compose_run, tiny_bert
 from scipy import stats
 
 from nas.bench.cli import main as bench
+from nas.bench.cli import score_runs
 from nas.bench.placement import PlacementTable, build_table, read_table, write_table
 from nas.bench.score import (
     held_out_oracle,
@@ -167,6 +168,28 @@ def test_bench_cli_builds_shows_and_scores(tmp_path: Path, capsys: pytest.Captur
     assert "| perfect | +1.000 [+1.000, +1.000] | +1.000 [+1.000, +1.000] | 2 |" in text
     assert "| backwards | -1.000" in text and "| list | 55.000 — | 1 |" in text
     assert "seed 0: method.modules=[m0,m2,m5]" in text  # the top 3 of seed 1's utilities, in the space's order
+
+
+@pytest.mark.parametrize(("config", "files", "names", "message"), [
+    ({"task.name": "mrpc"}, None, None, "task.name: 'stsb' → 'mrpc'"),
+    ({}, {"w": "9"}, None, r"model files differ \(w\)"),
+    ({}, None, [*NAMES, "m6"], "candidates: 6 of the table's space → 7 \\(m6\\)"),
+])
+def test_runs_of_another_task_model_or_space_are_refused_when_scored(
+        tmp_path: Path, config: dict, files: dict | None, names: list[str] | None, message: str) -> None:
+    out = tmp_path / "bench.json"
+    write_table(build_table([bench_sweep(tmp_path / "sweep")]), out)
+    write_fixed_run(tmp_path / "other", "list", 0, 0.75, config=config, modules=NAMES[:3])
+    run = tmp_path / "other" / "list_s0"
+    if files is not None:
+        record = json.loads((run / "fingerprint.json").read_text())
+        (run / "fingerprint.json").write_text(json.dumps({**record, "files": {**record["files"], "model": files}}))
+    if names is not None:
+        selection = json.loads((run / "selection.json").read_text())
+        selection["coordinates"] = {n: [0, n] for n in names}
+        (run / "selection.json").write_text(json.dumps(selection))
+    with pytest.raises(ConfigError, match=f"not comparable with the table \\({message}"):
+        score_runs(PlacementTable.of(read_table(out)), [tmp_path / "other"], 3)
 
 
 @pytest.mark.parametrize(("overrides", "message"), [

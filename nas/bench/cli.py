@@ -80,7 +80,9 @@ def show_table(table: PlacementTable) -> str:
     return "\n".join(lines)
 
 
-def _runs(run_dirs: list[Path]) -> list[tuple[dict, dict]]:
+def _runs(run_dirs: list[Path], table: PlacementTable) -> list[tuple[dict, dict]]:
+    """The finished runs under ``run_dirs``; a run of another task, model or candidate set than ``table`` is
+    refused, naming what differs."""
     found = []
     for root in run_dirs:
         for run_dir in find_run_dirs(root):
@@ -89,6 +91,9 @@ def _runs(run_dirs: list[Path]) -> list[tuple[dict, dict]]:
                               json.loads((run_dir / "selection.json").read_text())))
             except (OSError, ValueError):
                 continue
+            if differences := table.differences(run_dir, found[-1][1]):
+                raise ConfigError(f"{run_dir} is not comparable with the table ({'; '.join(differences)}); score "
+                                  "it against a table built for its model, task and search space")
     if not found:
         raise ConfigError(f"no finished runs under {', '.join(map(str, run_dirs))}")
     return found
@@ -99,7 +104,7 @@ def score_runs(table: PlacementTable, run_dirs: list[Path], k: int) -> str:
     each trained k-module fixed placement (``list``) by its percentile among the random k-subsets."""
     criteria: dict[str, dict[int, dict[str, float]]] = {}
     trained: dict[str, dict[int, float]] = {}
-    for metrics, selection in _runs(run_dirs):
+    for metrics, selection in _runs(run_dirs, table):
         seed = int(metrics["seed"])
         for name, scores in (selection.get("criteria") or {}).items():
             criteria.setdefault(name, {})[seed] = scores

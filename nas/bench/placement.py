@@ -138,12 +138,32 @@ class PlacementTable:
     main_metric: str
     scores: dict[tuple[str, int], float]
     modules: dict[tuple[str, int], list[str]]
+    task: str | None = None
+    model_files: dict[str, str] | None = None
 
     @classmethod
     def of(cls, table: Mapping[str, Any]) -> PlacementTable:
         return cls(list(table["candidates"]), str(table["main_metric"]),
                    {(r["placement"], int(r["seed"])): float(r["score"]) for r in table["runs"]},
-                   {(r["placement"], int(r["seed"])): list(r["modules"]) for r in table["runs"]})
+                   {(r["placement"], int(r["seed"])): list(r["modules"]) for r in table["runs"]},
+                   (table.get("config") or {}).get("task.name"), (table.get("files") or {}).get("model"))
+
+    def differences(self, run_dir: Path, selection: Mapping[str, Any]) -> list[str]:
+        """What makes a run incomparable with this table: another task, model files or candidate set."""
+        fingerprint = identity.read(run_dir / identity.FILENAME) or {}
+        found = []
+        task = (fingerprint.get("config") or {}).get("task.name")
+        if self.task is not None and task is not None and task != self.task:
+            found.append(f"task.name: {self.task!r} → {task!r}")
+        model = (fingerprint.get("files") or {}).get("model")
+        if self.model_files is not None and model is not None and model != self.model_files:
+            changed = sorted(n for n in set(model) | set(self.model_files) if model.get(n) != self.model_files.get(n))
+            found.append(f"model files differ ({', '.join(changed[:3])})")
+        candidates = _candidates(selection)
+        if candidates and candidates != self.candidates:
+            found.append(f"candidates: {len(self.candidates)} of the table's space → {len(candidates)} "
+                         f"({next((c for c in candidates if c not in self.candidates), 'another order')})")
+        return found
 
     @property
     def seeds(self) -> list[int]:
