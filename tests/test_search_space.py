@@ -31,6 +31,8 @@ def tiny(kind: str) -> torch.nn.Module:
         return tf.RobertaForSequenceClassification(tf.RobertaConfig(**_ENC))
     if kind == "deberta":
         return tf.DebertaV2ForSequenceClassification(tf.DebertaV2Config(**_ENC))
+    if kind == "mpnet":
+        return tf.MPNetForSequenceClassification(tf.MPNetConfig(**_ENC))
     if kind == "llama":
         cfg = tf.LlamaConfig(**_ENC, num_key_value_heads=2, pad_token_id=0)
         return tf.LlamaForSequenceClassification(cfg)
@@ -46,6 +48,7 @@ MODELS = [
     ("bert", "bert", 2, "bert.encoder.layer.0.", ("classifier", "bert.pooler.dense")),
     ("roberta", "roberta", 2, "roberta.encoder.layer.0.", ("classifier.dense", "classifier.out_proj")),
     ("deberta", "deberta", 2, "deberta.encoder.layer.0.", ("classifier", "pooler.dense")),
+    ("mpnet", "mpnet", 2, "mpnet.encoder.layer.0.", ("classifier.dense", "classifier.out_proj")),
     ("llama", "llama", 2, "model.layers.0.", ("score",)),
     ("gpt2", "gpt2", 2, "transformer.h.0.", ("score",)),
 ]
@@ -58,6 +61,8 @@ FEATURES = [
     ("bert", "intermediate.dense", 32, 64),
     ("bert", "output.dense", 64, 32),
     ("deberta", "value_proj", 32, 32),
+    ("mpnet", "attention.attn.o", 32, 32),
+    ("mpnet", "output.dense", 64, 32),  # the FFN's output: MPNet's attention output is attention.attn.o
     ("llama", "k_proj", 32, 16),  # grouped-query attention: 2 kv heads of 8
     ("llama", "gate_proj", 32, 64),
     ("llama", "down_proj", 64, 32),
