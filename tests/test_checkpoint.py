@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from nas.engine.checkpoint import Checkpointer
 from nas.engine.identity import config_identity, diff
 from nas.errors import ConfigError
 
-pytestmark = pytest.mark.slow  # real MiniLM runs: the full suite only (-m "not slow" leaves them out)
+pytestmark = pytest.mark.slow  # whole runs in subprocesses: the full suite only (-m "not slow" leaves them out)
 
 ARGS = ["task=mrpc", "debug=smoke", "logger=none", "retrain.export_adapter=false", "checkpoint.every=3",
         "bilevel.steps=9", "retrain.steps=9", "criterion.record=[dam,gate_saliency]",  # gate statistics resume too
@@ -30,8 +31,17 @@ ARGS = ["task=mrpc", "debug=smoke", "logger=none", "retrain.export_adapter=false
 ENV = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0"}
 
 
-def command(run_dir: Path, *extra: str) -> list[str]:
-    return [sys.executable, str(PROJECT_ROOT / "experiments" / "run.py"), *ARGS, f"hydra.run.dir={run_dir}", *extra]
+Command = Callable[..., list[str]]
+
+
+@pytest.fixture(scope="module")
+def command(tiny_encoder: Path) -> Command:
+    """``command(run_dir, *extra)``: the run's command line, on the tiny encoder (what is checked here, that a resumed
+    run ends bit for bit as the uninterrupted one and that refusals touch nothing, does not depend on the backbone)."""
+    def build(run_dir: Path, *extra: str) -> list[str]:
+        return [sys.executable, str(PROJECT_ROOT / "experiments" / "run.py"), *ARGS,
+                f"model.name_or_path={tiny_encoder}", f"hydra.run.dir={run_dir}", *extra]
+    return build
 
 
 def outputs(run_dir: Path) -> tuple[dict, dict]:
@@ -39,7 +49,7 @@ def outputs(run_dir: Path) -> tuple[dict, dict]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def reference(tmp_path_factory: pytest.TempPathFactory, command: Command) -> Path:
     """One uninterrupted run with checkpoints on."""
     run_dir = tmp_path_factory.mktemp("reference")
     result = subprocess.run(command(run_dir), capture_output=True, text=True, timeout=300, env=ENV, cwd=PROJECT_ROOT)
@@ -47,7 +57,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run_dir
 
 
-def kill_when_saved(run_dir: Path, stage: str) -> int:
+def kill_when_saved(command: Command, run_dir: Path, stage: str) -> int:
     """Start the run, SIGKILL it as soon as ``stage``'s first checkpoint exists; the saved step."""
     process = subprocess.Popen(command(run_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV,
                                cwd=PROJECT_ROOT)
@@ -62,8 +72,9 @@ def kill_when_saved(run_dir: Path, stage: str) -> int:
 
 
 @pytest.mark.parametrize("stage", ["search", "train"])
-def test_a_run_killed_and_resumed_ends_as_the_uninterrupted_run(reference: Path, tmp_path: Path, stage: str) -> None:
-    step = kill_when_saved(tmp_path, stage)
+def test_a_run_killed_and_resumed_ends_as_the_uninterrupted_run(reference: Path, tmp_path: Path, stage: str,
+                                                                command: Command) -> None:
+    step = kill_when_saved(command, tmp_path, stage)
     assert step < 8 and not (tmp_path / "metrics.json").exists()  # killed before the stage's end
     result = subprocess.run(command(tmp_path, "resume=true"), capture_output=True, text=True, timeout=300, env=ENV,
                             cwd=PROJECT_ROOT)
@@ -74,7 +85,7 @@ def test_a_run_killed_and_resumed_ends_as_the_uninterrupted_run(reference: Path,
     assert metrics["metrics"] == expected["metrics"] and metrics["train_steps"] == expected["train_steps"]
 
 
-def test_resume_without_a_checkpoint_is_refused_and_writes_nothing(tmp_path: Path) -> None:
+def test_resume_without_a_checkpoint_is_refused_and_writes_nothing(tmp_path: Path, command: Command) -> None:
     result = subprocess.run(command(tmp_path / "empty", "resume=true"), capture_output=True, text=True,
                             timeout=120, env=ENV, cwd=PROJECT_ROOT)
     assert result.returncode != 0
@@ -86,7 +97,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def refused(run_dir: Path, *extra: str) -> str:
+def refused(command: Command, run_dir: Path, *extra: str) -> str:
     """Run into ``run_dir`` with ``extra``; assert it is refused and changes nothing there; its error line."""
     before = snapshot(run_dir)
     result = subprocess.run(command(run_dir, *extra), capture_output=True, text=True, timeout=120, env=ENV,
@@ -96,30 +107,31 @@ def refused(run_dir: Path, *extra: str) -> str:
     return result.stderr.strip().splitlines()[-1]
 
 
-def test_resume_with_another_configuration_names_what_differs_and_keeps_the_run(reference: Path) -> None:
-    last = refused(reference, "resume=true", "seed=1", "discretizer.rho=0.25")
+def test_resume_with_another_configuration_names_what_differs_and_keeps_the_run(reference: Path,
+                                                                              command: Command) -> None:
+    last = refused(command, reference, "resume=true", "seed=1", "discretizer.rho=0.25")
     assert "from another configuration" in last and "seed: 0 → 1" in last and "discretizer.rho: 0.5 → 0.25" in last
 
 
-def test_resume_with_other_data_is_refused_naming_the_file(reference: Path, tmp_path: Path) -> None:
+def test_resume_with_other_data_is_refused_naming_the_file(reference: Path, tmp_path: Path, command: Command) -> None:
     from test_run_folder import fake_data
 
-    last = refused(reference, "resume=true", f"task.data_dir={fake_data(tmp_path, marker=chr(10))}")
+    last = refused(command, reference, "resume=true", f"task.data_dir={fake_data(tmp_path, marker=chr(10))}")
     assert "from another configuration" in last and "data file train.tsv" in last and "data file dev.tsv" in last
 
 
-def test_a_finished_run_is_replaced_only_with_overwrite(reference: Path) -> None:
-    last = refused(reference)
+def test_a_finished_run_is_replaced_only_with_overwrite(reference: Path, command: Command) -> None:
+    last = refused(command, reference)
     assert "holds a finished run" in last and "overwrite=true" in last
 
 
-def test_skip_finished_reuses_nothing_of_another_configuration(reference: Path) -> None:
-    last = refused(reference, "skip_finished=true", "relaxation=softmax")
+def test_skip_finished_reuses_nothing_of_another_configuration(reference: Path, command: Command) -> None:
+    last = refused(command, reference, "skip_finished=true", "relaxation=softmax")
     assert "of another configuration" in last and "relaxation.name: 'sigmoid' → 'softmax'" in last
     assert "nothing was reused" in last
 
 
-def test_skip_finished_reuses_the_same_run(reference: Path) -> None:
+def test_skip_finished_reuses_the_same_run(reference: Path, command: Command) -> None:
     before = snapshot(reference)
     result = subprocess.run(command(reference, "skip_finished=true", "threads=1"), capture_output=True, text=True,
                             timeout=120, env=ENV, cwd=PROJECT_ROOT)
@@ -127,11 +139,11 @@ def test_skip_finished_reuses_the_same_run(reference: Path) -> None:
     assert "with the same fingerprint, skipped" in result.stdout and snapshot(reference) == before
 
 
-def test_resume_refused_on_a_finished_run_without_checkpoints_rewrites_nothing(reference: Path,
-                                                                             tmp_path: Path) -> None:
+def test_resume_refused_on_a_finished_run_without_checkpoints_rewrites_nothing(reference: Path, tmp_path: Path,
+                                                                             command: Command) -> None:
     run_dir = tmp_path / "run"
     shutil.copytree(reference, run_dir, ignore=shutil.ignore_patterns("checkpoint"))
-    last = refused(run_dir, "resume=true", "seed=1")
+    last = refused(command, run_dir, "resume=true", "seed=1")
     assert "holds no checkpoint" in last
 
 

@@ -199,11 +199,11 @@ def test_shared_adam_moves_gates_in_proportion_to_their_gradients() -> None:
 def test_type_normalization_gives_z_scores_within_each_module_type() -> None:
     space = supernet(trained=False).space
     raw = {c.name: (100.0 if c.module_type == "intermediate.dense" else 1.0) * (1 + c.layer) for c in space}
-    z = normalize_scores(raw, space, "within_type")
+    z = normalize_scores(raw, {c.name: c.module_type for c in space}, "within_type")
     for module_type in space.module_types:
         values = [z[c.name] for c in space if c.module_type == module_type]
         assert sum(values) == pytest.approx(0.0, abs=1e-12) and values == sorted(values)  # layer order kept
         assert sum(v * v for v in values) / len(values) == pytest.approx(1.0)
-    assert normalize_scores(raw, space, "none") == raw
+    assert normalize_scores(raw, {c.name: c.module_type for c in space}, "none") == raw
     with pytest.raises(ConfigError, match="criterion.normalize=layer is unknown"):
-        normalize_scores(raw, space, "layer")
+        normalize_scores(raw, {c.name: c.module_type for c in space}, "layer")

@@ -212,14 +212,14 @@ def test_within_type_normalization_gives_z_scores_per_module_type() -> None:
     space = SearchSpace(tuple(Candidate(f"l{layer}.{t}", layer, t, 4, 4) for layer in range(3) for t in ("a", "b")),
                         (0, 1, 2), ("a", "b"))
     raw = {"l0.a": 1.0, "l1.a": 2.0, "l2.a": 3.0, "l0.b": 500.0, "l1.b": 500.0, "l2.b": 500.0}
-    z = normalize_scores(raw, space, "within_type")
+    z = normalize_scores(raw, {c.name: c.module_type for c in space}, "within_type")
     root = (2.0 / 3.0) ** 0.5  # population std of (1, 2, 3)
     assert z == pytest.approx({"l0.a": -1 / root, "l1.a": 0.0, "l2.a": 1 / root, "l0.b": 0.0, "l1.b": 0.0,
                                "l2.b": 0.0}, rel=1e-12)
-    assert normalize_scores(raw, space, "none") == raw
+    assert normalize_scores(raw, {c.name: c.module_type for c in space}, "none") == raw
     assert NORMALIZATIONS == ("none", "within_type")
     with pytest.raises(ConfigError, match="criterion.normalize=type is unknown; choose one of: none, within_type"):
-        normalize_scores(raw, space, "type")
+        normalize_scores(raw, {c.name: c.module_type for c in space}, "type")
     validate_run_config(compose_run(["criterion.normalize=within_type"]))
     with pytest.raises(ConfigError, match="choose one of: none, within_type"):
         validate_run_config(compose_run(["criterion.normalize=type"]))

@@ -21,8 +21,9 @@ def test_walkthrough_executes(tmp_path) -> None:
 
 
 @pytest.mark.integration
-def test_analysis_notebook_executes_on_a_tiny_real_sweep(tmp_path, monkeypatch) -> None:
-    """A real two-seed DiffoRA sweep plus a random-selection run (smoke budget), then the notebook over it."""
+def test_analysis_notebook_executes_on_a_tiny_real_sweep(tmp_path, monkeypatch, tiny_encoder) -> None:
+    """A real two-seed DiffoRA sweep plus a random-selection run (smoke budget, on the tiny encoder: the notebook
+    reads the runs' records, whatever the backbone), then the notebook over it."""
     import os
     import subprocess
     import sys
@@ -32,7 +33,8 @@ def test_analysis_notebook_executes_on_a_tiny_real_sweep(tmp_path, monkeypatch) 
     run = [sys.executable, str(PROJECT_ROOT / "experiments" / "run.py")]
     result = subprocess.run([*run, "-m", "method=diffora,random",
                              "seed=0,1", "task=mrpc", "debug=smoke", "logger=none", "bilevel.steps=3",
-                             "retrain.steps=2", "retrain.export_adapter=false", f"hydra.sweep.dir={sweep}"],
+                             "retrain.steps=2", "retrain.export_adapter=false", f"model.name_or_path={tiny_encoder}",
+                             f"hydra.sweep.dir={sweep}"],
                             capture_output=True, text=True, timeout=400, env=env, cwd=PROJECT_ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     monkeypatch.setenv("DIFFORA_SWEEP", str(sweep))

@@ -151,11 +151,12 @@ def test_training_with_accumulation_takes_the_same_steps() -> None:
 
 
 @pytest.mark.slow
-def test_two_processes_on_gloo_select_what_one_process_selects(tmp_path: Path) -> None:
+def test_two_processes_on_gloo_select_what_one_process_selects(tmp_path: Path, tiny_encoder: Path) -> None:
     """torchrun with 2 CPU processes against 1 process, the same global batches: DAM within 1e-4, the same
-    selection and dev metrics; only rank 0 writes into the run dir."""
+    selection and dev metrics; only rank 0 writes into the run dir. (The tiny encoder: the agreement is arithmetic.)"""
     common = ["task=mrpc", "debug=smoke", "logger=none", "retrain.export_adapter=false", "bilevel.steps=4",
-              "retrain.steps=4", "criterion.record=[dam]", "threads=1", *NO_DROPOUT]
+              "retrain.steps=4", "criterion.record=[dam]", "threads=1", f"model.name_or_path={tiny_encoder}",
+              *NO_DROPOUT]
     env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "1", "OMP_NUM_THREADS": "1"}
     run = str(Path(__file__).resolve().parents[1] / "experiments" / "run.py")
     one = subprocess.run([sys.executable, run, *common, f"hydra.run.dir={tmp_path / 'one'}"], capture_output=True,

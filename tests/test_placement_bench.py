@@ -155,19 +155,31 @@ def test_bench_cli_builds_shows_and_scores(tmp_path: Path, capsys: pytest.Captur
     assert bench(["build", str(sweep), "--out", str(out)]) == 0
     assert "| m2 | +0.275 |" in capsys.readouterr().out  # the most useful module first
     criteria = tmp_path / "criteria"
-    for seed, utilities in UTILITY.items():  # a criterion that ranks exactly as the utility, and one backwards
-        run = criteria / f"s{seed}"
+    types = {n: [0, i % 2] for i, n in enumerate(NAMES)}  # two module types: m0, m2, m4 and m1, m3, m5
+    for seed, utilities in UTILITY.items():  # a criterion that ranks exactly as the utility, one backwards, and one
+        run = criteria / f"s{seed}"          # whose second type is on another scale (x100, +5)
         run.mkdir(parents=True)
         scores = dict(zip(NAMES, utilities, strict=True))
         (run / "metrics.json").write_text(json.dumps({"method": "diffora", "seed": seed, "score": 0.8}))
-        (run / "selection.json").write_text(json.dumps({"selected": NAMES[:3], "criteria": {
-            "perfect": scores, "backwards": {m: -u for m, u in scores.items()}}}))
+        (run / "selection.json").write_text(json.dumps({"selected": NAMES[:3], "coordinates": types, "criteria": {
+            "perfect": scores, "backwards": {m: -u for m, u in scores.items()},
+            "scaled": {m: 100 * u + 5 if types[m][1] else u for m, u in scores.items()}, "random": scores}}))
     write_fixed_run(criteria, "list", 0, 0.75, modules=NAMES[:3])
+    (criteria / "oracle").mkdir()
+    write_fixed_run(criteria / "oracle", "list", 1, 0.785, modules=["m0", "m2", "m5"])
     assert bench(["score", str(out), str(criteria), "--k", "3"]) == 0
     text = capsys.readouterr().out
     assert "| perfect | +1.000 [+1.000, +1.000] | +1.000 [+1.000, +1.000] | 2 |" in text
     assert "| backwards | -1.000" in text and "| list | 55.000 — | 1 |" in text
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ", 1)[1] for line in text.splitlines() if " | " in line}
+    assert not rows["scaled"].startswith("+1.000")  # the scale of its second type puts that type on top
+    assert rows["scaled (within_type)"] == rows["perfect (within_type)"]  # z-scores within a type undo any scale
+    assert "backwards (within_type)" in rows and "random" in rows and "random (within_type)" not in rows
     assert "seed 0: method.modules=[m0,m2,m5]" in text  # the top 3 of seed 1's utilities, in the space's order
+    # a trained selection is named by every criterion (and the oracle) that chose it at its seed
+    named = "perfect = perfect (within_type) = scaled (within_type) = random = oracle (held out)"
+    assert f"| {named} | 80.000 — | 1 |" in text
+    assert "seed 1: method.modules=[m1,m3,m5]  (scaled)" in text  # what is left to train, once per module set
 
 
 @pytest.mark.parametrize(("config", "files", "names", "message"), [
@@ -204,16 +216,19 @@ def test_a_bad_placement_is_refused_before_the_model_loads(overrides: list[str],
 
 
 @pytest.mark.slow
-def test_a_fixed_placement_trains_lora_on_its_module_alone(tmp_path: Path) -> None:
-    """End to end on MiniLM + MRPC: single:3 puts LoRA on the 4th candidate only; nothing else trains but the head."""
+def test_a_fixed_placement_trains_lora_on_its_module_alone(tmp_path: Path, tiny_encoder: Path) -> None:
+    """End to end on MRPC (the tiny encoder, MiniLM's 36 candidates at hidden 32): single:3 puts LoRA on the 4th
+    candidate only; nothing else trains but the head."""
+    from conftest import TINY_ENCODER
     from test_cli import run
 
     result = run(["task=mrpc", "debug=smoke", "logger=none", "method=fixed", "method.placement=single:3",
-                  "retrain.export_adapter=false", f"hydra.run.dir={tmp_path}"])
+                  "retrain.export_adapter=false", f"model.name_or_path={tiny_encoder}", f"hydra.run.dir={tmp_path}"])
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     selection = json.loads((tmp_path / "selection.json").read_text())
     assert selection["selected"] == [list(selection["coordinates"])[3]] and selection["placement"] == "single:3"
-    assert metrics["variant"]["placement"] == "single:3" and metrics["adapter_params"] == 8 * (384 + 384)
+    assert metrics["variant"]["placement"] == "single:3"
+    assert metrics["adapter_params"] == 8 * 2 * TINY_ENCODER["hidden_size"]  # the 4th candidate: an attention key
     assert metrics["train_steps"] == 12  # bilevel.steps + retrain.steps: budget.match_steps (off in placement_bench)
     assert metrics["code_version"] != ""

@@ -91,7 +91,7 @@ def test_the_supernet_becomes_the_retrained_model_in_place(batch: dict) -> None:
 
 
 @pytest.mark.slow
-def test_a_diffora_run_loads_the_backbone_once(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_diffora_run_loads_the_backbone_once(tmp_path, monkeypatch: pytest.MonkeyPatch, tiny_encoder) -> None:
     from conftest import compose_run
     from transformers import AutoModelForSequenceClassification
 
@@ -104,7 +104,8 @@ def test_a_diffora_run_loads_the_backbone_once(tmp_path, monkeypatch: pytest.Mon
                         lambda *args, **kwargs: loads.append(args) or original(*args, **kwargs))
     for init in ("shared", "fresh"):
         loads.clear()
-        cfg = compose_run(["debug=smoke", "logger=none", "retrain.export_adapter=false", "bilevel.steps=2",
+        cfg = compose_run(["debug=smoke", "logger=none", f"model.name_or_path={tiny_encoder}",
+                           "retrain.export_adapter=false", "bilevel.steps=2",
                            "retrain.steps=2", "criterion.record=[dam]", f"retrain.init={init}"])
         result = run_pipeline(cfg, tmp_path, NullLogger())
         assert len(loads) == 1, init

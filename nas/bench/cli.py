@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from nas.bench.placement import PlacementTable, build_table, read_table, write_table
-from nas.bench.score import criterion_agreement, held_out_oracle, selection_percentiles
+from nas.bench.score import criterion_agreement, held_out_oracle, selection_percentiles, top_k
 from nas.errors import ConfigError
 from nas.reporting.run_records import find_run_dirs
 
@@ -100,31 +100,50 @@ def _runs(run_dirs: list[Path], table: PlacementTable) -> list[tuple[dict, dict]
 
 
 def score_runs(table: PlacementTable, run_dirs: list[Path], k: int) -> str:
-    """Markdown: each criterion recorded in the runs' selection.json (by seed) against the table's utilities, and
-    each trained k-module fixed placement (``list``) by its percentile among the random k-subsets."""
+    """Markdown: each criterion recorded in the runs' selection.json (by seed) against the table's utilities, as
+    recorded and, where the runs say each module's type (its DAM column), as z-scores within each type (``<name>
+    (within_type)``, what ``criterion.normalize=within_type`` ranks by); and each trained k-module fixed placement
+    (``list``) by its percentile among the random k-subsets."""
+    from nas.search.criteria import normalize_scores
+
     criteria: dict[str, dict[int, dict[str, float]]] = {}
-    trained: dict[str, dict[int, float]] = {}
+    trained: dict[tuple[int, frozenset[str]], tuple[str, float]] = {}
     for metrics, selection in _runs(run_dirs, table):
         seed = int(metrics["seed"])
+        types = {name: column for name, (_, column) in (selection.get("coordinates") or {}).items()}
         for name, scores in (selection.get("criteria") or {}).items():
             criteria.setdefault(name, {})[seed] = scores
+            if types and name != "random":
+                criteria.setdefault(f"{name} (within_type)", {})[seed] = normalize_scores(scores, types, "within_type")
         if metrics.get("method") == "fixed" and len(selection["selected"]) == k:
-            label = selection.get("placement", "?")
-            trained.setdefault(label, {})[seed] = float(metrics["score"])
+            trained[seed, frozenset(selection["selected"])] = (selection.get("placement", "?"), float(metrics["score"]))
     lines = ["| criterion | Spearman (mean, 95% CI) | Kendall τ (mean, 95% CI) | seeds |", "|---|---|---|---:|"]
     for name, by_seed in sorted(criteria.items()):
         spearman, kendall = criterion_agreement(table, by_seed)
         lines.append(f"| {name} | {_fmt(spearman.mean, True)} {_ci(spearman)} | {_fmt(kendall.mean, True)} "
                      f"{_ci(kendall)} | {len(spearman.by_seed)} |")
+    chosen = {label: {seed: top_k(scores, k, table.candidates) for seed, scores in by_seed.items()}
+              for label, by_seed in criteria.items()}  # each criterion's k modules at each seed
+    if len(table.seeds) > 1:
+        chosen["oracle (held out)"] = {seed: held_out_oracle(table, seed, k) for seed in table.seeds}
+    by_label: dict[str, dict[int, float]] = {}
+    for (seed, modules), (placement, score) in trained.items():
+        names = [label for label, sets in chosen.items() if set(sets.get(seed, ())) == modules] or [placement]
+        by_label.setdefault(" = ".join(names), {})[seed] = score
     lines += ["", f"| trained {k}-module placement | percentile among random {k}-subsets (mean, 95% CI) | seeds |",
               "|---|---|---:|"]
-    for label, by_seed in sorted(trained.items()):
+    for label, by_seed in sorted(by_label.items()):
         over = selection_percentiles(table, by_seed, k)
         lines.append(f"| {label} | {_fmt(over.mean)} {_ci(over)} | {len(over.by_seed)} |")
-    oracle = {seed: held_out_oracle(table, seed, k) for seed in table.seeds if len(table.seeds) > 1}
-    lines += ["", f"held-out oracle ({k} modules of highest mean utility over the other seeds), to train as "
-              "method=fixed method.placement=list:"]
-    lines += [f"  seed {seed}: method.modules=[{','.join(modules)}]" for seed, modules in oracle.items()]
+    untrained: dict[tuple[int, tuple[str, ...]], list[str]] = {}
+    for label, sets in chosen.items():
+        for seed, modules in sorted(sets.items()):
+            if (seed, frozenset(modules)) not in trained:
+                untrained.setdefault((seed, tuple(modules)), []).append(label)
+    lines += ["", f"not trained yet: each selection of {k} modules (the oracle's from the mean utility of the other "
+              "seeds), to train as method=fixed method.placement=list seed=<seed>:"]
+    lines += [f"  seed {seed}: method.modules=[{','.join(modules)}]  ({', '.join(labels)})"
+              for (seed, modules), labels in sorted(untrained.items())]
     return "\n".join(lines)
 
 

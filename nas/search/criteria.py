@@ -24,7 +24,7 @@ Scores per module m (γ_m its relaxed DAM entry, g_m = ∂L_α/∂γ_m at an α-
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -225,21 +225,22 @@ def score_stage(stage: Stage, names: Sequence[str], inputs: ScoringInput, search
 NORMALIZATIONS = ("none", "within_type")
 
 
-def normalize_scores(scores: Mapping[str, float], space: SearchSpace, how: str) -> Scores:
+def normalize_scores(scores: Mapping[str, float], module_type: Mapping[str, Hashable], how: str) -> Scores:
     """``none``: the scores as they are. ``within_type``: z-scores within each module type, (s − mean_t) / std_t
     (population std), so that a criterion whose scale differs by module type (an FFN branch's gradient dwarfs a key
-    branch's) ranks layers within a type against one another; a type whose scores are all equal gets 0."""
+    branch's) ranks layers within a type against one another; a type whose scores are all equal gets 0.
+    ``module_type``: each candidate's type, or any key that stands for it (its DAM column in selection.json)."""
     if how not in NORMALIZATIONS:
         raise ConfigError(f"criterion.normalize={how} is unknown; choose one of: {', '.join(NORMALIZATIONS)}")
     if how == "none":
         return dict(scores)
-    by_type: dict[str, list[float]] = {}
-    for candidate in space:
-        by_type.setdefault(candidate.module_type, []).append(scores[candidate.name])
+    by_type: dict[Hashable, list[float]] = {}
+    for name, value in scores.items():
+        by_type.setdefault(module_type[name], []).append(value)
     moments = {t: (sum(v) / len(v), math.sqrt(sum((x - sum(v) / len(v)) ** 2 for x in v) / len(v)))
                for t, v in by_type.items()}
     out = {}
-    for candidate in space:
-        mean, std = moments[candidate.module_type]
-        out[candidate.name] = (scores[candidate.name] - mean) / std if std > 0 else 0.0
+    for name, value in scores.items():
+        mean, std = moments[module_type[name]]
+        out[name] = (value - mean) / std if std > 0 else 0.0
     return out

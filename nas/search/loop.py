@@ -363,6 +363,7 @@ def _search(settings: SearchSettings, supernet: SuperNet, backbone: Backbone, da
     with autocast(settings.device, settings.precision):
         final = score_stage("final", names, scoring, searched=gates.steps > 0)
     criteria |= {name: rank_pruned(scores, record) for name, scores in final.items()} if record.stages else final
-    ordered = {name: normalize_scores(criteria[name], space, settings.criterion.normalize) for name in names
+    types = {candidate.name: candidate.module_type for candidate in space}
+    ordered = {name: normalize_scores(criteria[name], types, settings.criterion.normalize) for name in names
                if name in criteria}
     return SearchOutcome(supernet, supernet.export_probs(), ordered, trajectory, wall)
