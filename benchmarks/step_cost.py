@@ -18,7 +18,10 @@ kept (the spread over repeats is in the JSON). Then the wall time of whole runs 
 (DiffoRA: search + discretize + retrain + evaluate; LoRA with the same number of weight updates; the fixed
 costs of a run — loading, criteria, plots, evaluation — weigh more the shorter the runs are). Ratios:
 ``lora_vs_peft``, ``retrain_half_vs_lora``, ``search1_vs_lora``, ``search2_vs_search1`` (fp32), ``bf16_vs_fp32``
-(LoRA step) and ``pipeline_vs_lora``; printed and written to ``--json``. A ratio below 1 means ours is faster.
+(LoRA step), ``<mode>_bf16_vs_fp32`` (every other mode measured) and ``pipeline_vs_lora``; printed and written to
+``--json``. ``--profile`` profiles two steps of each mode instead and prints its ops' shares of self CPU time (where
+bf16 does not pay: on a CPU, dropout's random masks, ``aten::bernoulli_``, cost the same in both precisions).
+A ratio below 1 means ours is faster.
 """
 
 from __future__ import annotations
@@ -131,6 +134,17 @@ def measure(mode: str, args: argparse.Namespace, precision: str) -> dict[str, fl
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
 
+    if args.profile:  # where a step's time goes: each op's share of self time over two steps after warm-up
+        from torch.profiler import ProfilerActivity, profile
+
+        for i in range(2):
+            step(i)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for i in range(2, 4):
+                step(i)
+        ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+        total = sum(e.self_cpu_time_total for e in ops)
+        return {"step_s": total / 2e6, "top_ops": {e.key: e.self_cpu_time_total / total for e in ops[:8]}}
     times = []
     for i in range(args.steps + 2):
         if args.device.startswith("cuda"):
@@ -191,6 +205,8 @@ def main() -> None:
                         help="retrain steps of the whole-run comparison (default: compare_power's 150:344 ratio)")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES,
                         help="the modes to measure (default: all); ratios whose two modes were measured are written")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead of timing, profile two steps of each mode: its ops' shares of self CPU time")
     parser.add_argument("--json", type=Path, help="write the measurements and ratios here")
     parser.add_argument("--mode", choices=MODES, help="internal: measure one mode and print JSON")
     parser.add_argument("--precision", default="fp32", help="internal: the mode's precision")
@@ -199,7 +215,7 @@ def main() -> None:
         print(json.dumps(measure(args.mode, args, args.precision)))
         return
     common = ["--task", args.task, "--model", args.model, "--model-path", args.model_path, "--device", args.device,
-              "--steps", str(args.steps),
+              "--steps", str(args.steps), *(["--profile"] if args.profile else []),
               "--batch-size", str(args.batch_size), "--max-length", str(args.max_length)]
     steps: dict[str, dict[str, dict[str, float]]] = {}
     for repeat in range(args.repeats):
@@ -214,12 +230,15 @@ def main() -> None:
                 kept["repeats_s"].append(result["step_s"])
                 kept["step_s"] = min(kept["repeats_s"])
                 print(f"repeat {repeat} {precision} {mode:12s} {result['step_s']:.4f} s/step", flush=True)
+                if args.profile:
+                    print("    " + ", ".join(f"{op} {share:.0%}" for op, share in result["top_ops"].items()))
     base = steps["fp32" if "fp32" in steps else args.precisions[0]]
     pairs = {"lora_vs_peft": ("lora", "peft"), "retrain_half_vs_lora": ("retrain_half", "lora"),
              "search1_vs_lora": ("search1", "lora"), "search2_vs_search1": ("search2", "search1")}
     ratios = {key: base[a]["step_s"] / base[b]["step_s"] for key, (a, b) in pairs.items() if {a, b} <= set(base)}
-    if {"fp32", "bf16"} <= set(steps) and "lora" in args.modes:
-        ratios["bf16_vs_fp32"] = steps["bf16"]["lora"]["step_s"] / steps["fp32"]["lora"]["step_s"]
+    if {"fp32", "bf16"} <= set(steps):  # what bf16 autocast saves, per kind of step
+        ratios |= {("bf16_vs_fp32" if mode == "lora" else f"{mode}_bf16_vs_fp32"):
+                   steps["bf16"][mode]["step_s"] / steps["fp32"][mode]["step_s"] for mode in args.modes}
     walls = {}
     if args.pipeline_steps:
         walls = {"diffora_s": pipeline_wall("diffora", args), "lora_s": pipeline_wall("lora", args)}

@@ -164,7 +164,7 @@ def aggregate_command(argv: list[str]) -> int:
 
 
 def bench_command(argv: list[str]) -> int:
-    """``diffora bench {build,show,score,placements}`` (nas/bench/cli.py)."""
+    """``diffora bench {build,show,score,placements,criteria}`` (nas/bench/cli.py)."""
     from nas.bench.cli import main as bench_main
 
     return bench_main(argv)

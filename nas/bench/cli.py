@@ -4,20 +4,19 @@
     diffora bench show benchmarks/placement/minilm_stsb.json
     diffora bench score benchmarks/placement/minilm_stsb.json logs/multiruns/criteria_stsb [--k 9]
     diffora bench placements model=roberta_base        # the placement list of another model's search space
+    diffora bench criteria --planted logs/multiruns/planted_heldout \
+        --real benchmarks/placement/minilm_stsb.json logs/multiruns/budget_curve_stsb   # one table of every criterion
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from nas.bench.placement import PlacementTable, build_table, read_table, write_table
-from nas.bench.score import criterion_agreement, held_out_oracle, selection_percentiles, top_k
-from nas.errors import ConfigError
-from nas.reporting.run_records import find_run_dirs
+from nas.bench.score import read_runs, score
 
-USAGE = "diffora bench {build,show,score,placements} ..."
+USAGE = "diffora bench {build,show,score,placements,criteria} ..."
 
 
 def main(argv: list[str]) -> int:
@@ -37,8 +36,17 @@ def main(argv: list[str]) -> int:
     places.add_argument("overrides", nargs="*", help="config overrides, e.g. model=roberta_base")
     places.add_argument("--draws", type=int, default=10)
     places.add_argument("--k", type=int, default=9)
+    table = sub.add_parser("criteria", help="one table of every criterion: planted truth and real utility")
+    table.add_argument("--planted", nargs="+", type=Path, default=[], help="planted sweep folders (held-out sets)")
+    table.add_argument("--real", nargs="+", type=Path, action="append", default=[], metavar="TABLE RUN_DIR",
+                       help="a placement table, then the run folders to score against it; repeat per task")
+    table.add_argument("--k", type=int, default=9, help="selection size judged by percentile (default 9)")
     args = parser.parse_args(argv)
-    if args.action == "build":
+    if args.action == "criteria":
+        from nas.bench.criteria_table import build
+
+        print(build(args.planted, args.real, args.k))
+    elif args.action == "build":
         previous = read_table(args.out) if args.out.exists() else None
         table = build_table(args.sweep_dirs, previous, args.command)
         print(f"wrote {write_table(table, args.out)}: {len(table['runs'])} runs")
@@ -80,70 +88,21 @@ def show_table(table: PlacementTable) -> str:
     return "\n".join(lines)
 
 
-def _runs(run_dirs: list[Path], table: PlacementTable) -> list[tuple[dict, dict]]:
-    """The finished runs under ``run_dirs``; a run of another task, model or candidate set than ``table`` is
-    refused, naming what differs."""
-    found = []
-    for root in run_dirs:
-        for run_dir in find_run_dirs(root):
-            try:
-                found.append((json.loads((run_dir / "metrics.json").read_text()),
-                              json.loads((run_dir / "selection.json").read_text())))
-            except (OSError, ValueError):
-                continue
-            if differences := table.differences(run_dir, found[-1][1]):
-                raise ConfigError(f"{run_dir} is not comparable with the table ({'; '.join(differences)}); score "
-                                  "it against a table built for its model, task and search space")
-    if not found:
-        raise ConfigError(f"no finished runs under {', '.join(map(str, run_dirs))}")
-    return found
-
-
 def score_runs(table: PlacementTable, run_dirs: list[Path], k: int) -> str:
-    """Markdown: each criterion recorded in the runs' selection.json (by seed) against the table's utilities, as
-    recorded and, where the runs say each module's type (its DAM column), as z-scores within each type (``<name>
-    (within_type)``, what ``criterion.normalize=within_type`` ranks by); and each trained k-module fixed placement
-    (``list``) by its percentile among the random k-subsets."""
-    from nas.search.criteria import normalize_scores
-
-    criteria: dict[str, dict[int, dict[str, float]]] = {}
-    trained: dict[tuple[int, frozenset[str]], tuple[str, float]] = {}
-    for metrics, selection in _runs(run_dirs, table):
-        seed = int(metrics["seed"])
-        types = {name: column for name, (_, column) in (selection.get("coordinates") or {}).items()}
-        for name, scores in (selection.get("criteria") or {}).items():
-            criteria.setdefault(name, {})[seed] = scores
-            if types and name != "random":
-                criteria.setdefault(f"{name} (within_type)", {})[seed] = normalize_scores(scores, types, "within_type")
-        if metrics.get("method") == "fixed" and len(selection["selected"]) == k:
-            trained[seed, frozenset(selection["selected"])] = (selection.get("placement", "?"), float(metrics["score"]))
+    """Markdown of :func:`nas.bench.score.score` on the finished runs under ``run_dirs``."""
+    scoring = score(table, read_runs(run_dirs, table), k)
     lines = ["| criterion | Spearman (mean, 95% CI) | Kendall τ (mean, 95% CI) | seeds |", "|---|---|---|---:|"]
-    for name, by_seed in sorted(criteria.items()):
-        spearman, kendall = criterion_agreement(table, by_seed)
+    for name, (spearman, kendall) in scoring.agreement.items():
         lines.append(f"| {name} | {_fmt(spearman.mean, True)} {_ci(spearman)} | {_fmt(kendall.mean, True)} "
                      f"{_ci(kendall)} | {len(spearman.by_seed)} |")
-    chosen = {label: {seed: top_k(scores, k, table.candidates) for seed, scores in by_seed.items()}
-              for label, by_seed in criteria.items()}  # each criterion's k modules at each seed
-    if len(table.seeds) > 1:
-        chosen["oracle (held out)"] = {seed: held_out_oracle(table, seed, k) for seed in table.seeds}
-    by_label: dict[str, dict[int, float]] = {}
-    for (seed, modules), (placement, score) in trained.items():
-        names = [label for label, sets in chosen.items() if set(sets.get(seed, ())) == modules] or [placement]
-        by_label.setdefault(" = ".join(names), {})[seed] = score
     lines += ["", f"| trained {k}-module placement | percentile among random {k}-subsets (mean, 95% CI) | seeds |",
               "|---|---|---:|"]
-    for label, by_seed in sorted(by_label.items()):
-        over = selection_percentiles(table, by_seed, k)
+    for label, over in scoring.percentiles.items():
         lines.append(f"| {label} | {_fmt(over.mean)} {_ci(over)} | {len(over.by_seed)} |")
-    untrained: dict[tuple[int, tuple[str, ...]], list[str]] = {}
-    for label, sets in chosen.items():
-        for seed, modules in sorted(sets.items()):
-            if (seed, frozenset(modules)) not in trained:
-                untrained.setdefault((seed, tuple(modules)), []).append(label)
     lines += ["", f"not trained yet: each selection of {k} modules (the oracle's from the mean utility of the other "
               "seeds), to train as method=fixed method.placement=list seed=<seed>:"]
     lines += [f"  seed {seed}: method.modules=[{','.join(modules)}]  ({', '.join(labels)})"
-              for (seed, modules), labels in sorted(untrained.items())]
+              for (seed, modules), labels in scoring.untrained.items()]
     return "\n".join(lines)
 
 

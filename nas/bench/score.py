@@ -15,14 +15,18 @@ from the mean utility of the *other* seeds.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from scipy import stats
 
 from nas.bench.placement import PlacementTable, mean_utility
 from nas.errors import ConfigError
+from nas.reporting.run_records import find_run_dirs
 from nas.reporting.statistics import mean_std, t_interval
 
 
@@ -97,3 +101,69 @@ def held_out_oracle(table: PlacementTable, seed: int, k: int) -> list[str]:
     if not others:
         raise ConfigError(f"the held-out oracle of seed {seed} needs the single-module runs of another seed")
     return top_k(mean_utility(table, others), k, table.candidates)
+
+
+def read_runs(run_dirs: Sequence[Path], table: PlacementTable) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(metrics, selection) of each finished run under ``run_dirs``; a run of another task, model or candidate set
+    than ``table`` is refused, naming what differs."""
+    found = []
+    for root in run_dirs:
+        for run_dir in find_run_dirs(Path(root)):
+            try:
+                found.append((json.loads((run_dir / "metrics.json").read_text()),
+                              json.loads((run_dir / "selection.json").read_text())))
+            except (OSError, ValueError):
+                continue
+            if differences := table.differences(run_dir, found[-1][1]):
+                raise ConfigError(f"{run_dir} is not comparable with the table ({'; '.join(differences)}); score "
+                                  "it against a table built for its model, task and search space")
+    if not found:
+        raise ConfigError(f"no finished runs under {', '.join(map(str, run_dirs))}")
+    return found
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """What the runs say against a table: each criterion's (Spearman, Kendall) over seeds; each trained k-selection's
+    percentile over seeds, labelled by the criteria (and the held-out oracle) that chose it; and the selections
+    of each criterion and of the oracle not trained yet, (seed, modules) → labels."""
+
+    agreement: dict[str, tuple[OverSeeds, OverSeeds]]
+    percentiles: dict[str, OverSeeds]
+    untrained: dict[tuple[int, tuple[str, ...]], list[str]]
+
+
+def score(table: PlacementTable, runs: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]], k: int) -> Scoring:
+    """Each criterion recorded in the runs' selection.json (by seed), as recorded and, where the runs say each
+    module's type (its DAM column), as z-scores within each type (``<name> (within_type)``, what
+    ``criterion.normalize=within_type`` ranks by), against the table; each trained k-module fixed placement by its
+    percentile among the random k-subsets of its seed."""
+    from nas.search.criteria import normalize_scores
+
+    criteria: dict[str, dict[int, dict[str, float]]] = {}
+    trained: dict[tuple[int, frozenset[str]], tuple[str, float]] = {}
+    for metrics, selection in runs:
+        seed = int(metrics["seed"])
+        types = {name: column for name, (_, column) in (selection.get("coordinates") or {}).items()}
+        for name, scores in (selection.get("criteria") or {}).items():
+            criteria.setdefault(name, {})[seed] = scores
+            if types and name != "random":
+                criteria.setdefault(f"{name} (within_type)", {})[seed] = normalize_scores(scores, types, "within_type")
+        if metrics.get("method") == "fixed" and len(selection["selected"]) == k:
+            trained[seed, frozenset(selection["selected"])] = (selection.get("placement", "?"), float(metrics["score"]))
+    chosen = {label: {seed: top_k(scores, k, table.candidates) for seed, scores in by_seed.items()}
+              for label, by_seed in criteria.items()}  # each criterion's k modules at each seed
+    if len(table.seeds) > 1:
+        chosen["oracle (held out)"] = {seed: held_out_oracle(table, seed, k) for seed in table.seeds}
+    by_label: dict[str, dict[int, float]] = {}
+    for (seed, modules), (placement, value) in trained.items():
+        names = [label for label, sets in chosen.items() if set(sets.get(seed, ())) == modules] or [placement]
+        by_label.setdefault(" = ".join(names), {})[seed] = value
+    untrained: dict[tuple[int, tuple[str, ...]], list[str]] = {}
+    for label, sets in chosen.items():
+        for seed, modules in sorted(sets.items()):
+            if (seed, frozenset(modules)) not in trained:
+                untrained.setdefault((seed, tuple(modules)), []).append(label)
+    return Scoring({name: criterion_agreement(table, by_seed) for name, by_seed in sorted(criteria.items())},
+                   {label: selection_percentiles(table, by_seed, k) for label, by_seed in sorted(by_label.items())},
+                   dict(sorted(untrained.items())))
