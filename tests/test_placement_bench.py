@@ -14,6 +14,7 @@ from nas.bench.cli import main as bench
 from nas.bench.cli import score_runs
 from nas.bench.placement import PlacementTable, build_table, read_table, write_table
 from nas.bench.score import (
+    criterion_agreement,
     held_out_oracle,
     percentile,
     rank_agreement,
@@ -147,6 +148,30 @@ def test_the_held_out_oracle_is_chosen_on_the_other_seeds(tmp_path: Path) -> Non
     assert held_out_oracle(table, 0, 2) == ["m2", "m5"] == top_k(table.utility(1), 2, NAMES)
     over = selection_percentiles(table, {0: 0.75, 1: 0.80}, 3)
     assert over.by_seed == {0: 55.0, 1: 95.0} and over.mean == 75.0 and over.ci is not None
+
+
+def test_a_seed_still_running_is_left_out_of_tau_oracle_and_percentiles(tmp_path: Path) -> None:
+    """Seed 2 has the head, 2 of 6 singles and 3 draws: a τ over 2 modules, an oracle from them, or a percentile among
+    3 draws would each be another quantity, so seed 2 is left out of each, and the notes say so."""
+    from nas.bench.score import score
+
+    sweep = bench_sweep(tmp_path / "sweep")
+    write_fixed_run(sweep, "none", 2, 0.50)
+    for i, u in ((0, 0.9), (1, 0.8)):
+        write_fixed_run(sweep, f"single:{i}", 2, 0.50 + u)
+    for j in range(3):
+        write_fixed_run(sweep, f"draw:3:{j}", 2, 0.99)
+    table = PlacementTable.of(build_table([sweep]))
+    assert not table.has_every_single(2) and table.has_every_single(1)
+    assert held_out_oracle(table, 0, 2) == top_k(table.utility(1), 2, NAMES)  # not from seed 2's two modules
+    perfect = {seed: dict(zip(NAMES, UTILITY[seed % 2], strict=True)) for seed in (0, 2)}
+    spearman, kendall = criterion_agreement(table, perfect)
+    assert set(kendall.by_seed) == {0}
+    assert set(selection_percentiles(table, {1: 0.80, 2: 0.99}, 3).by_seed) == {1}
+    runs = [({"seed": 2, "method": "fixed", "score": 0.99}, {"selected": NAMES[:3], "placement": "list"})]
+    assert score(table, runs, 3).notes == [
+        "seed 2: 2 of 6 single-module runs: left out of τ and of the oracle",
+        "seed 2: 3 random 3-subsets (fewer than 10): left out of the percentiles"]
 
 
 def test_bench_cli_builds_shows_and_scores(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

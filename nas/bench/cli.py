@@ -103,6 +103,7 @@ def score_runs(table: PlacementTable, run_dirs: list[Path], k: int) -> str:
               "seeds), to train as method=fixed method.placement=list seed=<seed>:"]
     lines += [f"  seed {seed}: method.modules=[{','.join(modules)}]  ({', '.join(labels)})"
               for (seed, modules), labels in scoring.untrained.items()]
+    lines += [f"note: {note}" for note in scoring.notes]
     return "\n".join(lines)
 
 

@@ -79,6 +79,7 @@ def criteria_table(planted: Mapping[str, Mapping[str, OverSeeds]], real: Mapping
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
     lines.append("Cells: mean [95% t-interval] (n: planted sets, or seeds). — : not measured.")
+    lines += [f"{task}, {note}" for task, (_, scoring) in real.items() for note in scoring.notes]
     return "\n".join(lines)
 
 

@@ -177,6 +177,11 @@ class PlacementTable:
         return {self.candidates[i]: self.scores[(f"single:{i}", seed)] - head
                 for i in range(len(self.candidates)) if (f"single:{i}", seed) in self.scores}
 
+    def has_every_single(self, seed: int) -> bool:
+        """Whether ``seed`` has the head-only run and every candidate's single-module run: only such a seed's
+        utilities rank the whole space (a τ over some of the modules is another quantity)."""
+        return len(self.utility(seed)) == len(self.candidates)
+
     def random_subsets(self, seed: int, k: int) -> list[float]:
         """The scores of the random k-subsets (``draw:k:*``) at ``seed``."""
         return [score for (placement, s), score in self.scores.items()

@@ -74,19 +74,19 @@ def percentile(value: float, distribution: Sequence[float]) -> float:
 
 def criterion_agreement(table: PlacementTable, scores_by_seed: Mapping[int, Mapping[str, float]]
                         ) -> tuple[OverSeeds, OverSeeds]:
-    """Spearman and Kendall of a criterion over the seeds where both its scores and the table's utilities exist."""
+    """Spearman and Kendall of a criterion over the seeds where the table has every single-module run."""
     spearman, kendall = {}, {}
     for seed, scores in scores_by_seed.items():
-        utility = table.utility(seed)
-        if len(utility) >= 3:
-            spearman[seed], kendall[seed] = rank_agreement(scores, utility)
+        if table.has_every_single(seed):
+            spearman[seed], kendall[seed] = rank_agreement(scores, table.utility(seed))
     return OverSeeds.of(spearman), OverSeeds.of(kendall)
 
 
 def selection_percentiles(table: PlacementTable, scores_by_seed: Mapping[int, float], k: int) -> OverSeeds:
-    """The percentile of a trained k-selection's score at each seed among that seed's random k-subsets."""
-    return OverSeeds.of({seed: percentile(score, table.random_subsets(seed, k))
-                         for seed, score in scores_by_seed.items() if table.random_subsets(seed, k)})
+    """The percentile of a trained k-selection's score at each seed among that seed's random k-subsets (seeds with
+    fewer than :data:`MIN_SUBSETS` of them are left out; :class:`Scoring`'s notes say which)."""
+    return OverSeeds.of({seed: percentile(score, draws) for seed, score in scores_by_seed.items()
+                         if len(draws := table.random_subsets(seed, k)) >= MIN_SUBSETS})
 
 
 def top_k(utility: Mapping[str, float], k: int, order: Sequence[str]) -> list[str]:
@@ -96,10 +96,11 @@ def top_k(utility: Mapping[str, float], k: int, order: Sequence[str]) -> list[st
 
 
 def held_out_oracle(table: PlacementTable, seed: int, k: int) -> list[str]:
-    """The oracle of ``seed``: the top-k modules by the mean utility of the table's other seeds."""
-    others = [s for s in table.seeds if s != seed and table.utility(s)]
+    """The oracle of ``seed``: the top-k modules by the mean utility of the table's other seeds that have every
+    single-module run."""
+    others = [s for s in table.seeds if s != seed and table.has_every_single(s)]
     if not others:
-        raise ConfigError(f"the held-out oracle of seed {seed} needs the single-module runs of another seed")
+        raise ConfigError(f"the held-out oracle of seed {seed} needs every single-module run of another seed")
     return top_k(mean_utility(table, others), k, table.candidates)
 
 
@@ -125,12 +126,14 @@ def read_runs(run_dirs: Sequence[Path], table: PlacementTable) -> list[tuple[dic
 @dataclass(frozen=True)
 class Scoring:
     """What the runs say against a table: each criterion's (Spearman, Kendall) over seeds; each trained k-selection's
-    percentile over seeds, labelled by the criteria (and the held-out oracle) that chose it; and the selections
-    of each criterion and of the oracle not trained yet, (seed, modules) → labels."""
+    percentile over seeds, labelled by the criteria (and the held-out oracle) that chose it; the selections
+    of each criterion and of the oracle not trained yet, (seed, modules) → labels; and notes on the seeds left out
+    where the table is incomplete."""
 
     agreement: dict[str, tuple[OverSeeds, OverSeeds]]
     percentiles: dict[str, OverSeeds]
     untrained: dict[tuple[int, tuple[str, ...]], list[str]]
+    notes: list[str]
 
 
 def score(table: PlacementTable, runs: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]], k: int) -> Scoring:
@@ -153,8 +156,14 @@ def score(table: PlacementTable, runs: Sequence[tuple[Mapping[str, Any], Mapping
             trained[seed, frozenset(selection["selected"])] = (selection.get("placement", "?"), float(metrics["score"]))
     chosen = {label: {seed: top_k(scores, k, table.candidates) for seed, scores in by_seed.items()}
               for label, by_seed in criteria.items()}  # each criterion's k modules at each seed
-    if len(table.seeds) > 1:
-        chosen["oracle (held out)"] = {seed: held_out_oracle(table, seed, k) for seed in table.seeds}
+    complete = [seed for seed in table.seeds if table.has_every_single(seed)]
+    oracle = {seed: held_out_oracle(table, seed, k) for seed in table.seeds if set(complete) - {seed}}
+    if oracle:  # each seed's oracle from the other seeds that have every single-module run
+        chosen["oracle (held out)"] = oracle
+    notes = [f"seed {seed}: {len(table.utility(seed))} of {len(table.candidates)} single-module runs: left out of τ "
+             "and of the oracle" for seed in table.seeds if seed not in complete]
+    notes += [f"seed {seed}: {n} random {k}-subsets (fewer than {MIN_SUBSETS}): left out of the percentiles"
+              for seed in table.seeds if 0 < (n := len(table.random_subsets(seed, k))) < MIN_SUBSETS]
     by_label: dict[str, dict[int, float]] = {}
     for (seed, modules), (placement, value) in trained.items():
         names = [label for label, sets in chosen.items() if set(sets.get(seed, ())) == modules] or [placement]
@@ -166,4 +175,4 @@ def score(table: PlacementTable, runs: Sequence[tuple[Mapping[str, Any], Mapping
                 untrained.setdefault((seed, tuple(modules)), []).append(label)
     return Scoring({name: criterion_agreement(table, by_seed) for name, by_seed in sorted(criteria.items())},
                    {label: selection_percentiles(table, by_seed, k) for label, by_seed in sorted(by_label.items())},
-                   dict(sorted(untrained.items())))
+                   dict(sorted(untrained.items())), notes)
