@@ -70,8 +70,8 @@ def compose_run(overrides: list[str] | None = None) -> DictConfig:
 @pytest.fixture(scope="session")
 def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model folder as a user would point ``model.name_or_path`` at: MiniLM's config and tokenizer with the sizes of
-    TINY_ENCODER and random weights (seeded). For runs whose test does not depend on what the backbone knows: a step
-    costs about 1/50 of MiniLM's, and the candidates, their names and the tokenization are MiniLM's."""
+    TINY_ENCODER and random weights (seeded). For runs whose test does not depend on what the backbone knows: its
+    matrix products are about 1/100 of MiniLM's, and the candidates, their names and the tokenization are MiniLM's."""
     from transformers import BertModel
 
     from nas.engine.backbone import resolve_model_path
