@@ -22,7 +22,10 @@ def planted_runs(root: Path) -> Path:
         run = root / f"{i}_random_p{100 + i}_s0"
         run.mkdir(parents=True)
         by_criterion = {name: {"precision": values[i][0], "auc": values[i][1]} for name, values in PLANTED.items()}
-        (run / "metrics.json").write_text(json.dumps({"seed": 0, "recovery": {"by_criterion": by_criterion}}))
+        recovery = {"precision": PLANTED["dam"][i][0], "auc": PLANTED["dam"][i][1], "chance": 0.25,
+                    "criterion": "dam", "planted": NAMES[:1], "by_criterion": by_criterion}
+        (run / "metrics.json").write_text(json.dumps({"task": f"planted-random-p{100 + i}", "method": "diffora",
+                                                      "seed": 0, "score": 0.5, "recovery": recovery}))
     (root / "3_random_p103_s0").mkdir()  # killed before it finished: no metrics.json
     return root
 

@@ -15,33 +15,30 @@ Columns, each a mean with its 95% Student t-interval and its n:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from nas.bench.placement import PlacementTable, read_table
 from nas.bench.score import OverSeeds, Scoring, read_runs, score
 from nas.errors import ConfigError
-from nas.reporting.run_records import find_run_dirs
+from nas.reporting.run_records import find_run_dirs, load_run
 
 
 def planted_recovery(sweep_dirs: Sequence[Path]) -> dict[str, dict[str, OverSeeds]]:
     """criterion → {"precision": …, "auc": …} over the finished planted runs under ``sweep_dirs`` (one value per
-    run); a folder without finished planted runs is refused."""
+    run), read as ``diffora aggregate`` reads them (nas/reporting/run_records.py); a folder without finished planted
+    runs is refused."""
     values: dict[str, dict[str, dict[int, float]]] = {}
     runs = 0
-    for root in sweep_dirs:
-        for run_dir in find_run_dirs(Path(root)):
-            try:
-                recovery = json.loads((run_dir / "metrics.json").read_text()).get("recovery")
-            except (OSError, ValueError):
+    for root in map(Path, sweep_dirs):
+        for run_dir in find_run_dirs(root):
+            record = load_run(run_dir, root)
+            if record.status != "finished" or record.recovery is None:
                 continue
-            if not recovery:
-                continue
-            for name, entry in (recovery.get("by_criterion") or {}).items():
-                for key in ("precision", "auc"):
-                    if entry.get(key) is not None:
-                        values.setdefault(name, {}).setdefault(key, {})[runs] = float(entry[key])
+            for name, (precision, auc) in record.recovery.by_criterion.items():
+                values.setdefault(name, {}).setdefault("precision", {})[runs] = precision
+                if auc is not None:
+                    values[name].setdefault("auc", {})[runs] = auc
             runs += 1
     if not runs:
         raise ConfigError(f"no finished planted runs under {', '.join(map(str, sweep_dirs))}: pass the sweep folders "
